@@ -1,0 +1,118 @@
+"""A SageMaker real-time endpoint serving Stable Diffusion from the Hugging Face PyTorch DLC."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy, Stack
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sagemaker as sagemaker
+from aws_cdk.region_info import FactName
+from constructs import Construct
+
+from infra.components.stage_function import retention_days
+from infra.config import PipelineConfig
+from infra.nag import acknowledge
+
+DLC_REPOSITORY = "huggingface-pytorch-inference"
+# The newest Hugging Face PyTorch inference DLC with transformers 4.x: the toolkit and
+# stable-diffusion-custom-inference/code/requirements.txt are pinned to match it.
+DLC_TAG = "2.6.0-transformers4.49.0-gpu-py312-cu124-ubuntu22.04"
+# A 4 GB SD v1.x archive: download, unpack and load with room to spare.
+MODEL_DOWNLOAD_TIMEOUT_S = 1200
+STARTUP_HEALTH_CHECK_TIMEOUT_S = 900
+
+
+def dlc_image_uri(stack: Stack) -> str:
+    """The DLC image of the stack's region, with AWS's account for it looked up by the CDK."""
+    account = stack.regional_fact(FactName.DLC_REPOSITORY_ACCOUNT)
+    return f"{account}.dkr.ecr.{stack.region}.{stack.url_suffix}/{DLC_REPOSITORY}:{DLC_TAG}"
+
+
+class StableDiffusionEndpoint(Construct):
+    """CfnModel + CfnEndpointConfig + CfnEndpoint, with an execution role scoped to one model object."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: PipelineConfig, model_bucket: s3.IBucket
+    ) -> None:
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        self.role = iam.Role(
+            self,
+            "ExecutionRole",
+            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+            description="speech-to-image endpoint: read one model archive, pull the DLC, write its logs",
+        )
+        model_object_arn = model_bucket.arn_for_objects(config.model_data_key)
+        self.role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[model_object_arn]))
+        dlc_account = stack.regional_fact(FactName.DLC_REPOSITORY_ACCOUNT)
+        ecr.Repository.from_repository_attributes(
+            self,
+            "Dlc",
+            repository_arn=stack.format_arn(
+                service="ecr", account=dlc_account, resource="repository", resource_name=DLC_REPOSITORY
+            ),
+            repository_name=DLC_REPOSITORY,
+        ).grant_pull(self.role)
+        acknowledge(
+            self.role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Only ecr:GetAuthorizationToken is granted on '*': the action supports no resource-level "
+            "permissions (AWS Service Authorization Reference). Image pulls are limited to the DLC repository's ARN.",
+        )
+        # SageMaker writes endpoint logs to this fixed group; owning it sets the retention.
+        # Always destroyed with the stack, so the endpoint can be redeployed alone later.
+        self.log_group = logs.LogGroup(
+            self,
+            "Logs",
+            log_group_name=f"/aws/sagemaker/Endpoints/{config.endpoint_name}",
+            retention=retention_days(config.log_retention_days),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.log_group.grant_write(self.role)
+
+        self.model_data_url = f"s3://{model_bucket.bucket_name}/{config.model_data_key}"
+        model = sagemaker.CfnModel(
+            self,
+            "Model",
+            execution_role_arn=self.role.role_arn,
+            primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
+                image=dlc_image_uri(stack),
+                model_data_url=self.model_data_url,
+                environment={
+                    "SAGEMAKER_PROGRAM": "inference.py",
+                    "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                    "SAGEMAKER_REGION": stack.region,
+                    # One worker: one copy of the model fits the T4's 16 GB; one per vCPU would not.
+                    "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+                    # Everything the model needs is in the archive; never reach for the Hub.
+                    "HF_HUB_OFFLINE": "1",
+                },
+            ),
+        )
+        # The role's policy must exist before SageMaker validates access to the archive.
+        model.node.add_dependency(self.role.node.find_child("DefaultPolicy"))
+        endpoint_config = sagemaker.CfnEndpointConfig(
+            self,
+            "Config",
+            production_variants=[
+                sagemaker.CfnEndpointConfig.ProductionVariantProperty(
+                    variant_name="AllTraffic",
+                    model_name=model.attr_model_name,
+                    initial_instance_count=1,
+                    initial_variant_weight=1.0,
+                    instance_type=config.instance_type,
+                    model_data_download_timeout_in_seconds=MODEL_DOWNLOAD_TIMEOUT_S,
+                    container_startup_health_check_timeout_in_seconds=STARTUP_HEALTH_CHECK_TIMEOUT_S,
+                )
+            ],
+        )
+        self.endpoint = sagemaker.CfnEndpoint(
+            self,
+            "Endpoint",
+            endpoint_config_name=endpoint_config.attr_endpoint_config_name,
+            # The physical name is the contract with InfraStack's invoke_sd (see PipelineConfig).
+            endpoint_name=config.endpoint_name,
+        )
+        self.endpoint.node.add_dependency(self.log_group)

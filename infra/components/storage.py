@@ -1,0 +1,55 @@
+"""The pipeline's buckets: input audio, transcripts, output images, model artifacts, access logs."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from infra.config import PipelineConfig
+from infra.pipeline import BucketRole
+
+# Access logs are for audits of recent activity; three months bounds their storage cost.
+ACCESS_LOG_RETENTION = Duration.days(90)
+
+
+class PipelineBuckets(Construct):
+    """Private, encrypted, SSL-only buckets, each logging its access to one log bucket."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: PipelineConfig) -> None:
+        super().__init__(scope, construct_id)
+        removal = RemovalPolicy.DESTROY if config.destroy_on_removal else RemovalPolicy.RETAIN
+        common = {
+            "block_public_access": s3.BlockPublicAccess.BLOCK_ALL,
+            "encryption": s3.BucketEncryption.S3_MANAGED,
+            "enforce_ssl": True,
+            "object_ownership": s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            "removal_policy": removal,
+            # `cdk destroy` can only delete a bucket that is empty.
+            "auto_delete_objects": config.destroy_on_removal,
+        }
+        self.access_logs = s3.Bucket(
+            self,
+            "AccessLogs",
+            lifecycle_rules=[s3.LifecycleRule(expiration=ACCESS_LOG_RETENTION)],
+            **common,
+        )
+        self._buckets = {
+            role: s3.Bucket(
+                self,
+                role.value,
+                server_access_logs_bucket=self.access_logs,
+                server_access_logs_prefix=f"{role.value.lower()}/",
+                **common,
+            )
+            for role in BucketRole
+        }
+
+    def __getitem__(self, role: BucketRole) -> s3.Bucket:
+        """The bucket that plays `role`."""
+        return self._buckets[role]
+
+    @property
+    def names(self) -> dict[BucketRole, str]:
+        """Bucket names (CloudFormation tokens) by role, for handler environments."""
+        return {role: bucket.bucket_name for role, bucket in self._buckets.items()}

@@ -1,0 +1,307 @@
+"""One typed, frozen configuration for the whole app, built from CDK context.
+
+`infra/app.py` is the only place that reads CDK context (or the environment); every
+construct and stack receives a `PipelineConfig`. This module imports nothing from
+aws_cdk so the local runtime can build the same configuration cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# Formats Amazon Transcribe accepts for batch jobs (its MediaFormat enum).
+TRANSCRIBE_MEDIA_FORMATS = ("mp3", "mp4", "m4a", "wav", "flac", "ogg", "webm", "amr")
+# Amazon Transcribe's own limit for batch jobs is 2 GB.
+TRANSCRIBE_MAX_MEDIA_MB = 2048
+# CloudWatch Logs accepts only these retention periods (days).
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
+ENDPOINT_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+LANGUAGE_CODE_RE = re.compile(r"^[a-z]{2,3}-[A-Z]{2}$")
+ACCOUNT_RE = re.compile(r"^\d{12}$")
+REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+# Keys an image request may carry; inference.py validates the values again.
+IMAGE_PARAMETER_KEYS = ("num_inference_steps", "guidance_scale", "height", "width", "seed", "negative_prompt")
+
+
+class ConfigError(ValueError):
+    """A context value is missing or invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class ImageParameters:
+    """Stable Diffusion request parameters sent with every prompt."""
+
+    num_inference_steps: int = 25
+    guidance_scale: float = 7.5
+    height: int = 512
+    width: int = 512
+    # None: each upload gets a seed derived from its key, so a repeat gives the same image.
+    seed: int | None = None
+    negative_prompt: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Parameters as the endpoint's `parameters` object (unset seed omitted)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if data["seed"] is None:
+            del data["seed"]
+        if not data["negative_prompt"]:
+            del data["negative_prompt"]
+        return data
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the stacks, the Lambdas and local mode need to agree on."""
+
+    # None: environment-agnostic stacks, resolved from the deploying credentials.
+    account: str | None = None
+    region: str | None = None
+    instance_type: str = "ml.g4dn.xlarge"
+    # A physical name on purpose: InfraStack grants InvokeEndpoint on it and the
+    # endpoint stack can be destroyed and redeployed alone under the same name.
+    endpoint_name: str = "speech-to-image-sd"
+    model_data_key: str = "models/stable-diffusion-v1-4/model.tar.gz"
+    removal: str = "destroy"
+    log_retention_days: int = 14
+    media_formats: tuple[str, ...] = TRANSCRIBE_MEDIA_FORMATS
+    max_media_mb: int = 500
+    # "en-US" (any Transcribe language code) or "auto" for automatic identification.
+    language_code: str = "en-US"
+    language_options: tuple[str, ...] = ("en-US", "en-GB", "de-DE", "fr-FR", "es-US")
+    image: ImageParameters = field(default_factory=ImageParameters)
+    # None leaves invoke_sd unreserved (new accounts have only 10 concurrent executions).
+    invoke_sd_concurrency: int | None = 2
+
+    @property
+    def destroy_on_removal(self) -> bool:
+        """True when `cdk destroy` should delete buckets and their objects."""
+        return self.removal == "destroy"
+
+    @property
+    def max_media_bytes(self) -> int:
+        """The size limit for uploads, in bytes."""
+        return self.max_media_mb * 1024 * 1024
+
+    @classmethod
+    def from_context(cls, get: Callable[[str], Any]) -> PipelineConfig:
+        """Build from a context getter such as `app.node.try_get_context`.
+
+        Values may be JSON types (cdk.json) or strings (`cdk -c key=value`).
+        """
+        default = cls()
+        image_default = ImageParameters()
+        image_ctx = _as_mapping(get("imageParameters"), "imageParameters")
+        unknown = set(image_ctx) - set(IMAGE_PARAMETER_KEYS)
+        if unknown:
+            raise ConfigError(f"imageParameters: unknown keys {sorted(unknown)}; allowed: {list(IMAGE_PARAMETER_KEYS)}")
+        image = ImageParameters(
+            num_inference_steps=_int(
+                image_ctx.get("num_inference_steps"),
+                "imageParameters.num_inference_steps",
+                image_default.num_inference_steps,
+                1,
+                150,
+            ),
+            guidance_scale=_float(
+                image_ctx.get("guidance_scale"),
+                "imageParameters.guidance_scale",
+                image_default.guidance_scale,
+                0.0,
+                30.0,
+            ),
+            height=_size(image_ctx.get("height"), "imageParameters.height", image_default.height),
+            width=_size(image_ctx.get("width"), "imageParameters.width", image_default.width),
+            seed=_optional_int(image_ctx.get("seed"), "imageParameters.seed", None, 0, 2**32 - 1),
+            negative_prompt=str(image_ctx.get("negative_prompt") or ""),
+        )
+        config = cls(
+            account=_str(get("account"), "account", default.account, ACCOUNT_RE, "a 12-digit AWS account id"),
+            region=_str(get("region"), "region", default.region, REGION_RE, "an AWS region such as eu-west-1"),
+            instance_type=_str(
+                get("instanceType"),
+                "instanceType",
+                default.instance_type,
+                re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$"),
+                "a SageMaker instance type such as ml.g4dn.xlarge",
+            ),
+            endpoint_name=_str(
+                get("endpointName"),
+                "endpointName",
+                default.endpoint_name,
+                ENDPOINT_NAME_RE,
+                "1-63 letters, digits and hyphens",
+            ),
+            model_data_key=_str(
+                get("modelDataKey"),
+                "modelDataKey",
+                default.model_data_key,
+                re.compile(r"^[\w./-]+\.tar\.gz$"),
+                "an S3 key ending in .tar.gz",
+            ),
+            removal=_choice(get("removal"), "removal", default.removal, ("destroy", "retain")),
+            log_retention_days=_choice(
+                _int(get("logRetentionDays"), "logRetentionDays", default.log_retention_days, 1, 3653),
+                "logRetentionDays",
+                default.log_retention_days,
+                LOG_RETENTION_DAYS,
+            ),
+            media_formats=_formats(get("mediaFormats"), default.media_formats),
+            max_media_mb=_int(get("maxMediaMb"), "maxMediaMb", default.max_media_mb, 1, TRANSCRIBE_MAX_MEDIA_MB),
+            language_code=_language(get("languageCode"), default.language_code),
+            language_options=_languages(get("languageOptions"), default.language_options),
+            image=image,
+            invoke_sd_concurrency=_optional_int(
+                get("invokeSdConcurrency"), "invokeSdConcurrency", default.invoke_sd_concurrency, 1, 1000
+            ),
+        )
+        return config
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _str(value: Any, key: str, default: str | None, pattern: re.Pattern[str], what: str) -> str | None:
+    if _missing(value):
+        return default
+    text = str(value)
+    if not pattern.match(text):
+        raise ConfigError(f"context '{key}'={text!r} is invalid: expected {what} (cdk -c {key}=...)")
+    return text
+
+
+def _choice(value: Any, key: str, default: Any, allowed: tuple[Any, ...]) -> Any:
+    if _missing(value):
+        return default
+    if value not in allowed:
+        raise ConfigError(f"context '{key}'={value!r} is invalid: choose one of {list(allowed)}")
+    return value
+
+
+def _int(value: Any, key: str, default: int, low: int, high: int) -> int:
+    if _missing(value):
+        return default
+    try:
+        number = int(str(value), 10) if not isinstance(value, int) or isinstance(value, bool) else value
+    except ValueError:
+        raise ConfigError(f"context '{key}'={value!r} is not a whole number") from None
+    if isinstance(value, bool) or not low <= number <= high:
+        raise ConfigError(f"context '{key}'={value!r} is out of range: expected {low}..{high}")
+    return number
+
+
+def _optional_int(value: Any, key: str, default: int | None, low: int, high: int) -> int | None:
+    if isinstance(value, str) and value.lower() in ("none", "null", "off"):
+        return None
+    if _missing(value):
+        return default
+    return _int(value, key, 0, low, high)
+
+
+def _float(value: Any, key: str, default: float, low: float, high: float) -> float:
+    if _missing(value):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"context '{key}'={value!r} is not a number") from None
+    if not low <= number <= high:
+        raise ConfigError(f"context '{key}'={value!r} is out of range: expected {low}..{high}")
+    return number
+
+
+def _size(value: Any, key: str, default: int) -> int:
+    number = _int(value, key, default, 64, 1024)
+    if number % 8:
+        raise ConfigError(
+            f"context '{key}'={number} must be a multiple of 8 (Stable Diffusion works in 8-pixel latents)"
+        )
+    return number
+
+
+def _as_list(value: Any, key: str) -> list[str]:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"context '{key}' is not valid JSON: {error}") from None
+        else:
+            value = [part for part in re.split(r"[,\s]+", text) if part]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"context '{key}' must be a list of strings or a comma-separated string")
+    return list(value)
+
+
+def _as_mapping(value: Any, key: str) -> Mapping[str, Any]:
+    if _missing(value):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"context '{key}' is not valid JSON: {error}") from None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"context '{key}' must be a JSON object")
+    return value
+
+
+def _formats(value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+    if _missing(value):
+        return default
+    formats = tuple(dict.fromkeys(item.lower().lstrip(".") for item in _as_list(value, "mediaFormats")))
+    bad = [item for item in formats if item not in TRANSCRIBE_MEDIA_FORMATS]
+    if bad or not formats:
+        raise ConfigError(
+            f"context 'mediaFormats' has {bad or 'nothing'}: Amazon Transcribe accepts {list(TRANSCRIBE_MEDIA_FORMATS)}"
+        )
+    return formats
+
+
+def _language(value: Any, default: str) -> str | None:
+    if _missing(value):
+        return default
+    text = str(value)
+    if text != "auto" and not LANGUAGE_CODE_RE.match(text):
+        raise ConfigError(
+            f"context 'languageCode'={text!r} is invalid: use a Transcribe language code such as en-US, or 'auto'"
+        )
+    return text
+
+
+def _languages(value: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+    if _missing(value):
+        return default
+    options = tuple(_as_list(value, "languageOptions"))
+    bad = [item for item in options if not LANGUAGE_CODE_RE.match(item)]
+    if bad or len(options) < 2:
+        raise ConfigError("context 'languageOptions' needs at least two Transcribe language codes such as en-US,de-DE")
+    return options

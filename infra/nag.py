@@ -1,0 +1,42 @@
+"""cdk-nag (AwsSolutions) on every synth, and the one way we acknowledge a finding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Acknowledgment, App, Stack, Validations
+from aws_cdk import aws_iam as iam
+from cdk_nag import AwsSolutionsChecks
+from constructs import IConstruct
+
+
+def apply_nag(app: App) -> None:
+    """Check the whole app; any unacknowledged finding makes synth fail."""
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
+
+
+def acknowledge(scope: IConstruct, rule_id: str, reason: str) -> None:
+    """Accept one finding (e.g. `AwsSolutions-IAM5[Resource::...]`) on `scope`, with a reviewer-grade reason."""
+    Validations.of(scope).acknowledge(Acknowledgment(id=rule_id, reason=reason))
+
+
+def acknowledge_resource_wildcard(role: iam.Role, resource: str, reason: str) -> None:
+    """Accept IAM5 for one resource pattern in `role`'s policy, named as cdk-nag renders it."""
+    rendered = render_intrinsic(Stack.of(role).resolve(resource))
+    acknowledge(role, f"AwsSolutions-IAM5[Resource::{rendered}]", reason)
+
+
+def render_intrinsic(value: Any) -> str:
+    """Render a resolved ARN the way cdk-nag names findings: `<Logical.Arn>/*`, `arn:<AWS::Partition>:...`."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        ((function, argument),) = value.items()
+        if function == "Fn::Join":
+            separator, parts = argument
+            return separator.join(render_intrinsic(part) for part in parts)
+        if function == "Fn::GetAtt":
+            return f"<{argument[0]}.{argument[1]}>"
+        if function == "Ref":
+            return f"<{argument}>"
+    raise ValueError(f"cannot render {value!r} as a cdk-nag resource name")
