@@ -48,6 +48,8 @@ class TranscribeTrigger(Construct):
             buckets[BucketRole.INPUT].arn_for_objects("*"),
             wildcard_reason="Users upload recordings under keys of their choosing; read-only, one bucket.",
         )
+        # Without ListBucket a deleted upload reads as 403 instead of 404, and would be retried as a failure.
+        self.stage.allow("s3:ListBucket", buckets[BucketRole.INPUT].bucket_arn)
         self.stage.allow(
             "s3:PutObject",
             buckets[BucketRole.TRANSCRIPTS].arn_for_objects(f"{TRANSCRIPT_PREFIX}*"),
@@ -74,8 +76,8 @@ class ImageGenerator(Construct):
             handler=Handler.INVOKE_SD,
             config=config,
             environment=handler_environment(Handler.INVOKE_SD, config, buckets.names),
-            # Up to 4 endpoint attempts of at most 60 s each (the real-time limit) plus backoff.
-            timeout=Duration.minutes(5),
+            # Up to 4 endpoint attempts of at most 70 s read + 10 s connect each, plus backoff.
+            timeout=Duration.minutes(6),
             memory_mb=512,
             description="speech-to-image: sends a transcript to Stable Diffusion and stores the image",
             # The endpoint has one GPU; more parallel calls would only queue and time out.

@@ -192,8 +192,8 @@ def test_log_retention_comes_from_context(synth_variant: Synth) -> None:
 
 def test_timeouts_are_sized_to_the_work(synth: Synth) -> None:
     assert function(synth, Handler.TRANSCRIBE_TRIGGER)[1]["Properties"]["Timeout"] == 60
-    # Four endpoint attempts of up to 60 s (the real-time inference limit) plus backoff.
-    assert function(synth, Handler.INVOKE_SD)[1]["Properties"]["Timeout"] >= 4 * 60
+    # Four endpoint attempts of up to 70 s read + 10 s connect (the real-time limit is 60 s) plus backoff.
+    assert function(synth, Handler.INVOKE_SD)[1]["Properties"]["Timeout"] >= 4 * 80 + 10
 
 
 def test_invoke_sd_concurrency_is_reserved_and_can_be_switched_off(synth: Synth, synth_variant: Synth) -> None:
@@ -277,6 +277,7 @@ def test_transcribe_trigger_has_exactly_the_permissions_it_needs(synth: Synth) -
     assert statements(synth, Handler.TRANSCRIBE_TRIGGER) >= {
         ("transcribe:StartTranscriptionJob", f"arn:<AWS::Partition>:transcribe:{REGION}:{ACCOUNT}:transcription-job/*"),
         ("s3:GetObject", arn(synth, BucketRole.INPUT, "/*")),
+        ("s3:ListBucket", arn(synth, BucketRole.INPUT, "")),
         ("s3:PutObject", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
         ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
     }
@@ -306,6 +307,7 @@ def own_extras(synth: Synth, handler: Handler) -> set[tuple[str, str]]:
     task = {
         "transcribe:StartTranscriptionJob",
         "s3:GetObject",
+        "s3:ListBucket",
         "s3:PutObject",
         "s3:DeleteObject",
         "sagemaker:InvokeEndpoint",

@@ -1,0 +1,1 @@
+"""Lambda function: a finished transcript becomes a Stable Diffusion image."""

@@ -1,0 +1,45 @@
+"""Lambda entry point for invoke_sd: parse the S3 event, hand the transcripts to `core`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from invoke_sd.core import Settings, generate_images
+from pipeline_common.clients import ClientCache
+from pipeline_common.events import parse_s3_event
+from pipeline_common.settings import LazySettings
+
+logger = logging.getLogger(__name__)
+
+# core.invoke_endpoint retries with backoff itself; botocore retrying too would multiply the attempts.
+# total_max_attempts=1 is one call in all (botocore's `max_attempts` key counts retries, so 1 would mean 2 calls).
+# Real-time endpoints answer within 60 s, so a 70 s read timeout never cuts off a good response.
+SAGEMAKER_RUNTIME_CONFIG = Config(
+    retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=10, read_timeout=70, tcp_keepalive=True
+)
+_S3_CONFIG = Config(retries={"mode": "standard"})
+
+SETTINGS: LazySettings[Settings] = LazySettings(Settings.from_env)
+CLIENTS = ClientCache(
+    s3=lambda: boto3.client("s3", config=_S3_CONFIG),
+    sagemaker_runtime=lambda: boto3.client("sagemaker-runtime", config=SAGEMAKER_RUNTIME_CONFIG),
+)
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Generate one image per transcript in the event."""
+    settings = SETTINGS.get()
+    records = parse_s3_event(event)
+    logger.info(
+        "event received", extra={"records": len(records), "request_id": getattr(context, "aws_request_id", None)}
+    )
+    if not records:
+        return {"results": []}
+    results = generate_images(
+        records, settings=settings, s3=CLIENTS.get("s3"), sagemaker=CLIENTS.get("sagemaker_runtime")
+    )
+    return {"results": [result.as_dict() for result in results]}

@@ -1,0 +1,79 @@
+"""Handler settings from environment variables: read once, on first use, and checked loudly."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+# Where the variables are defined, so an error message tells the reader where to look.
+_SOURCE = "infra/pipeline.py handler_environment()"
+
+
+class SettingsError(RuntimeError):
+    """An environment variable is missing or invalid; the message names it."""
+
+
+def require(environ: Mapping[str, str], name: str) -> str:
+    """A variable that must be set to a non-empty value."""
+    value = environ.get(name, "").strip()
+    if not value:
+        raise SettingsError(f"environment variable {name} is not set; it is required (defined in {_SOURCE})")
+    return value
+
+
+def optional(environ: Mapping[str, str], name: str, default: str) -> str:
+    """A variable with a default for when it is unset or empty."""
+    return environ.get(name, "").strip() or default
+
+
+def as_int(name: str, value: str, *, minimum: int) -> int:
+    """Parse a whole number of at least `minimum`, naming the variable when it is not one."""
+    try:
+        number = int(value, 10)
+    except ValueError:
+        raise SettingsError(f"environment variable {name}={value!r} is not a whole number") from None
+    if number < minimum:
+        raise SettingsError(f"environment variable {name}={value!r} must be at least {minimum}")
+    return number
+
+
+def as_list(value: str) -> tuple[str, ...]:
+    """Split a comma-separated value, dropping blanks."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def as_json_object(name: str, value: str) -> dict[str, Any]:
+    """Parse a JSON object, naming the variable when it is not one."""
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"environment variable {name} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"environment variable {name} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+class LazySettings(Generic[T]):
+    """Settings loaded from `os.environ` on first `get()` and cached.
+
+    Not at import time: a local runtime imports the handlers before it sets their environment.
+    """
+
+    def __init__(self, load: Callable[[Mapping[str, str]], T]) -> None:
+        """Remember how to load; nothing is read yet."""
+        self._load = load
+        self._value: T | None = None
+
+    def get(self) -> T:
+        """The settings, loaded on the first call."""
+        if self._value is None:
+            self._value = self._load(os.environ)
+        return self._value
+
+    def reset(self) -> None:
+        """Forget the cached settings so the next `get()` reads the environment again."""
+        self._value = None

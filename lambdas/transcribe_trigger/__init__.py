@@ -1,0 +1,1 @@
+"""Lambda function: an audio upload starts an Amazon Transcribe job."""

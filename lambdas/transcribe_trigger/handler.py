@@ -1,0 +1,39 @@
+"""Lambda entry point for transcribe_trigger: parse the S3 event, hand the records to `core`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from pipeline_common.clients import ClientCache
+from pipeline_common.events import parse_s3_event
+from pipeline_common.settings import LazySettings
+from transcribe_trigger.core import Settings, start_transcriptions
+
+logger = logging.getLogger(__name__)
+
+_AWS_CONFIG = Config(retries={"mode": "standard"})
+
+SETTINGS: LazySettings[Settings] = LazySettings(Settings.from_env)
+CLIENTS = ClientCache(
+    s3=lambda: boto3.client("s3", config=_AWS_CONFIG),
+    transcribe=lambda: boto3.client("transcribe", config=_AWS_CONFIG),
+)
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Start one Transcribe job per uploaded recording in the event."""
+    settings = SETTINGS.get()
+    records = parse_s3_event(event)
+    logger.info(
+        "event received", extra={"records": len(records), "request_id": getattr(context, "aws_request_id", None)}
+    )
+    if not records:
+        return {"results": []}
+    results = start_transcriptions(
+        records, settings=settings, s3=CLIENTS.get("s3"), transcribe=CLIENTS.get("transcribe")
+    )
+    return {"results": [result.as_dict() for result in results]}

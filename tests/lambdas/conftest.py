@@ -1,0 +1,139 @@
+"""Fixtures for the Lambda handler tests: moto-backed AWS, handler environments, a LambdaContext."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from infra.config import PipelineConfig
+from infra.pipeline import Handler, handler_environment
+from tests.lambdas.support import (
+    BUCKETS,
+    INPUT_BUCKET,
+    OUTPUT_BUCKET,
+    REGION,
+    TRANSCRIPT_BUCKET,
+    Aws,
+    FakeLambdaContext,
+)
+
+
+@pytest.fixture(autouse=True)
+def _build_every_log_record(caplog: pytest.LogCaptureFixture) -> None:
+    """Log the Lambda packages at DEBUG: an `extra=` key that LogRecord already has then fails a test."""
+    for name in ("pipeline_common", "transcribe_trigger", "invoke_sd"):
+        caplog.set_level(logging.DEBUG, logger=name)
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    """A LambdaContext stand-in."""
+    return FakeLambdaContext()
+
+
+@pytest.fixture(scope="module")
+def _moto() -> Iterator[tuple[Any, Aws]]:
+    """One moto mock per test module: clients take ~60 ms each to create, a backend reset ~1 ms.
+
+    Module scope, not session scope: moto patches botocore for the whole process while active,
+    which must not leak into other test folders (local mode talks to a real moto server).
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [
+            "AWS_PROFILE",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_ENDPOINT_URL_TRANSCRIBE",
+            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
+        ]:
+            patch.delenv(name, raising=False)
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        patch.setenv("AWS_DEFAULT_REGION", REGION)
+        mock = mock_aws()
+        mock.start()
+        try:
+            state = Aws(
+                s3=boto3.client("s3", region_name=REGION), transcribe=boto3.client("transcribe", region_name=REGION)
+            )
+            state.transcribe.meta.events.register(
+                "before-parameter-build.transcribe.StartTranscriptionJob",
+                lambda params, **_: state.transcribe_calls.append(dict(params)),
+            )
+            yield mock, state
+        finally:
+            mock.stop()
+
+
+@pytest.fixture
+def aws(_moto: tuple[Any, Aws]) -> Aws:
+    """moto for S3 and Transcribe, emptied, with the three pipeline buckets; no real AWS is reachable."""
+    mock, state = _moto
+    mock.reset()
+    state.transcribe_calls.clear()
+    for bucket in (INPUT_BUCKET, TRANSCRIPT_BUCKET, OUTPUT_BUCKET):
+        state.s3.create_bucket(Bucket=bucket)
+    return state
+
+
+def _set_environment(monkeypatch: pytest.MonkeyPatch, handler: Handler, config: PipelineConfig) -> dict[str, str]:
+    environment = handler_environment(handler, config, BUCKETS)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return environment
+
+
+@pytest.fixture
+def trigger(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The transcribe_trigger handler module with infra's environment and the moto clients."""
+    from transcribe_trigger import handler
+
+    _set_environment(monkeypatch, Handler.TRANSCRIBE_TRIGGER, PipelineConfig())
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+    handler.CLIENTS.inject(s3=aws.s3, transcribe=aws.transcribe)
+    yield handler
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+
+
+@pytest.fixture(scope="module")
+def _sagemaker_client() -> Any:
+    """A sagemaker-runtime client configured as in production (created once per module)."""
+    from invoke_sd.handler import SAGEMAKER_RUNTIME_CONFIG
+
+    return boto3.client(
+        "sagemaker-runtime",
+        region_name=REGION,
+        config=SAGEMAKER_RUNTIME_CONFIG,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def sagemaker(aws: Aws, _sagemaker_client: Any) -> Iterator[tuple[Any, Stubber]]:
+    """The sagemaker-runtime client with a Stubber active: no request leaves the process."""
+    client = _sagemaker_client
+    with Stubber(client) as stubber:
+        yield client, stubber
+
+
+@pytest.fixture
+def invoke(aws: Aws, sagemaker: tuple[Any, Stubber], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The invoke_sd handler module with infra's environment, moto S3 and the stubbed endpoint client."""
+    from invoke_sd import handler
+
+    _set_environment(monkeypatch, Handler.INVOKE_SD, PipelineConfig())
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+    handler.CLIENTS.inject(s3=aws.s3, sagemaker_runtime=sagemaker[0])
+    yield handler
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
