@@ -106,8 +106,17 @@ def image_keys(prefix: str, source_key: str) -> ImageKeys:
 
 
 def error_key(prefix: str, source_key: str) -> str:
-    """The error record's key for a source key."""
-    return _checked_s3_key(f"{prefix}{source_key}.json")
+    """The error record's key for a source key (shortened, with a hash, when S3's limit needs it)."""
+    key = f"{prefix}{source_key}.json"
+    if len(key.encode("utf-8")) <= MAX_S3_KEY_BYTES:
+        return key
+    # An upload key near S3's 1024-byte limit leaves no room for prefix and suffix: keep what fits,
+    # add a hash of the whole key so two such uploads never share a record (the record names the key).
+    digest = hashlib.sha256(source_key.encode("utf-8")).hexdigest()[:16]
+    tail = f"~{digest}.json"
+    room = MAX_S3_KEY_BYTES - len(prefix.encode("utf-8")) - len(tail)
+    head = source_key.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+    return f"{prefix}{head}{tail}"
 
 
 def _checked_s3_key(key: str) -> str:

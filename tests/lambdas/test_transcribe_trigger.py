@@ -192,6 +192,19 @@ def test_key_too_long_for_a_transcript_gets_an_error_record(trigger: Any, aws: A
     assert aws.transcribe_calls == []
 
 
+def test_key_at_the_s3_limit_still_gets_an_error_record(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    key = "n" * 1016 + ".mp3"  # 1020 bytes: "errors/" + key + ".json" would exceed S3's 1024
+    event = upload_event(aws, key, audio_bytes("mp3"))
+
+    trigger.handler(event, lambda_context)
+
+    (record_key,) = aws.keys(OUTPUT_BUCKET)
+    assert record_key.startswith("errors/nnn") and len(record_key) <= 1024
+    record = aws.read_json(OUTPUT_BUCKET, record_key)
+    assert (record["error"], record["source"]["key"]) == ("key-too-long", key)
+    assert aws.keys(INPUT_BUCKET) == [key]
+
+
 @pytest.mark.parametrize(
     ("key", "container", "media_format"),
     [
