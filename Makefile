@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 SAMPLE ?= examples/astronaut-riding-a-horse.mp3
 
-.PHONY: help setup demo test lint format pytest synth cfn-lint bench deploy-infra upload-model deploy-endpoint destroy-endpoint destroy clean
+.PHONY: help setup demo test lint format pytest synth cfn-lint bench bootstrap deploy-infra upload-model deploy-endpoint destroy-endpoint destroy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ bench: setup ## Benchmarks (print numbers; not tests)
 	$(BIN)/python benchmarks/bench_handler_import.py
 	$(BIN)/python benchmarks/bench_inference.py --device cpu
 
+bootstrap: setup ## Prepare the account/region for CDK deployments (once; needs AWS credentials)
+	npx cdk bootstrap
+
 deploy-infra: setup ## Deploy the buckets and Lambdas (needs AWS credentials)
 	npx cdk deploy InfraStack
 
@@ -65,10 +68,10 @@ upload-model: setup ## Package MODEL_DIR (a diffusers SD v1.x folder) and upload
 	$(BIN)/python -m sd_tools.package_model --model-dir "$(MODEL_DIR)" --upload
 
 deploy-endpoint: setup ## Deploy the GPU endpoint (after upload-model; costs money per hour)
-	npx cdk deploy HuggingFaceModelEndpoint
+	npx cdk deploy --exclusively HuggingFaceModelEndpoint
 
 destroy-endpoint: setup ## Remove only the GPU endpoint (stops the hourly cost, keeps the buckets)
-	npx cdk destroy --force HuggingFaceModelEndpoint
+	npx cdk destroy --exclusively --force HuggingFaceModelEndpoint
 
 destroy: setup ## Remove everything (buckets are emptied when removal=destroy)
 	npx cdk destroy --force --all

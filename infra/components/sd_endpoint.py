@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy, Stack
+from aws_cdk import RemovalPolicy, Stack, Token
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sagemaker as sagemaker
-from aws_cdk.region_info import FactName
+from aws_cdk.region_info import Fact, FactName
 from constructs import Construct
 
 from infra.components.stage_function import retention_days
-from infra.config import PipelineConfig
+from infra.config import ConfigError, PipelineConfig
 from infra.nag import acknowledge
 
 DLC_REPOSITORY = "huggingface-pytorch-inference"
@@ -24,10 +24,19 @@ MODEL_DOWNLOAD_TIMEOUT_S = 1200
 STARTUP_HEALTH_CHECK_TIMEOUT_S = 900
 
 
+def dlc_account(stack: Stack) -> str:
+    """AWS's account that publishes the Deep Learning Containers in the stack's region."""
+    if not Token.is_unresolved(stack.region) and Fact.find(stack.region, FactName.DLC_REPOSITORY_ACCOUNT) is None:
+        raise ConfigError(
+            f"region {stack.region!r}: the CDK knows no Deep Learning Containers account there; deploy to another "
+            "region (-c region=...) or register it with aws_cdk.region_info.Fact.register in infra/app.py"
+        )
+    return stack.regional_fact(FactName.DLC_REPOSITORY_ACCOUNT)
+
+
 def dlc_image_uri(stack: Stack) -> str:
     """The DLC image of the stack's region, with AWS's account for it looked up by the CDK."""
-    account = stack.regional_fact(FactName.DLC_REPOSITORY_ACCOUNT)
-    return f"{account}.dkr.ecr.{stack.region}.{stack.url_suffix}/{DLC_REPOSITORY}:{DLC_TAG}"
+    return f"{dlc_account(stack)}.dkr.ecr.{stack.region}.{stack.url_suffix}/{DLC_REPOSITORY}:{DLC_TAG}"
 
 
 class StableDiffusionEndpoint(Construct):
@@ -46,12 +55,11 @@ class StableDiffusionEndpoint(Construct):
         )
         model_object_arn = model_bucket.arn_for_objects(config.model_data_key)
         self.role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[model_object_arn]))
-        dlc_account = stack.regional_fact(FactName.DLC_REPOSITORY_ACCOUNT)
         ecr.Repository.from_repository_attributes(
             self,
             "Dlc",
             repository_arn=stack.format_arn(
-                service="ecr", account=dlc_account, resource="repository", resource_name=DLC_REPOSITORY
+                service="ecr", account=dlc_account(stack), resource="repository", resource_name=DLC_REPOSITORY
             ),
             repository_name=DLC_REPOSITORY,
         ).grant_pull(self.role)

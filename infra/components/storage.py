@@ -28,11 +28,14 @@ class PipelineBuckets(Construct):
             # `cdk destroy` can only delete a bucket that is empty.
             "auto_delete_objects": config.destroy_on_removal,
         }
+        # Always retained: S3 delivers access logs late (including those of the auto-delete calls on
+        # the other buckets), so emptying this bucket during `cdk destroy` races its own refill
+        # (aws/aws-cdk#21776). Its objects expire on their own; the README shows how to remove it.
         self.access_logs = s3.Bucket(
             self,
             "AccessLogs",
             lifecycle_rules=[s3.LifecycleRule(expiration=ACCESS_LOG_RETENTION)],
-            **common,
+            **{**common, "removal_policy": RemovalPolicy.RETAIN, "auto_delete_objects": False},
         )
         self._buckets = {
             role: s3.Bucket(

@@ -43,6 +43,7 @@ class InfraStack(Stack):
             "TranscriptBucketName": (self.buckets[BucketRole.TRANSCRIPTS].bucket_name, "Amazon Transcribe output"),
             "OutputBucketName": (self.buckets[BucketRole.OUTPUT].bucket_name, "Images, metadata, pages, error records"),
             "ModelBucketName": (self.model_bucket.bucket_name, "Upload model.tar.gz here (make upload-model)"),
+            "AccessLogBucketName": (self.buckets.access_logs.bucket_name, "S3 server access logs (kept on destroy)"),
             "ModelDataKey": (config.model_data_key, "Key of the model archive in the model bucket"),
             "EndpointName": (config.endpoint_name, "SageMaker endpoint invoke_sd calls"),
             "TranscribeTriggerDeadLetterQueueUrl": (
@@ -66,10 +67,4 @@ class InfraStack(Stack):
                     "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
                     "The CDK's own deploy-time handler that writes the S3 notification configuration; it runs "
                     "only during deployments; its role (logs, plus PutBucketNotification) is created by the CDK.",
-                )
-                acknowledge(
-                    child,
-                    "AwsSolutions-IAM5[Resource::*]",
-                    "The CDK's notification handler needs s3:PutBucketNotification, which it is granted on '*' by "
-                    "the CDK itself; it runs only during deployments.",
                 )

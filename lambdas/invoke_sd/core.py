@@ -237,7 +237,7 @@ def describe_endpoint_failure(error: BaseException, endpoint_name: str, attempts
     """Turn the last endpoint error into an error code, a reason and what to do about it."""
     message = endpoint_message(error)
     code = error_code(error)
-    rerun = "then redrive the invoke_sd dead-letter queue (or upload the recording under a new name)"
+    rerun = "then upload the recording again under a new name (the event also waits in invoke_sd's dead-letter queue)"
     if code == "ValidationError" and re.search(r"not found|could not find|does not exist", message, re.IGNORECASE):
         return EndpointFailure(
             "endpoint-not-found",

@@ -16,11 +16,14 @@ from transcribe_trigger.core import Settings, start_transcriptions
 logger = logging.getLogger(__name__)
 
 _AWS_CONFIG = Config(retries={"mode": "standard"})
+# A bulk upload can outrun StartTranscriptionJob's request rate: adaptive mode slows down and
+# retries LimitExceeded/throttling for longer before the event falls back on Lambda's retries.
+_TRANSCRIBE_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10})
 
 SETTINGS: LazySettings[Settings] = LazySettings(Settings.from_env)
 CLIENTS = ClientCache(
     s3=lambda: boto3.client("s3", config=_AWS_CONFIG),
-    transcribe=lambda: boto3.client("transcribe", config=_AWS_CONFIG),
+    transcribe=lambda: boto3.client("transcribe", config=_TRANSCRIBE_CONFIG),
 )
 
 

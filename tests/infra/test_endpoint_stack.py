@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from infra.components.sd_endpoint import DLC_REPOSITORY, DLC_TAG
+from infra.config import ConfigError
 from infra.nag import render_intrinsic
 
 from .conftest import REGION, Synth
@@ -36,10 +39,16 @@ def test_model_runs_the_hugging_face_pytorch_gpu_dlc_of_the_region(synth: Synth)
     assert f"{DLC_REPOSITORY}:{DLC_TAG}" in EXPECTED_IMAGE
 
 
-def test_image_account_resolves_without_a_hand_written_table_in_any_region(make_synth) -> None:
-    other = make_synth(region="ap-southeast-2")
+def test_image_account_is_the_regions_own_without_a_hand_written_table(make_synth) -> None:
+    # ap-east-1's DLC images live in a different AWS account than most regions'.
+    other = make_synth(region="ap-east-1")
     container = only(other, "AWS::SageMaker::Model")["Properties"]["PrimaryContainer"]
-    assert render_intrinsic(container["Image"]).startswith("763104351884.dkr.ecr.ap-southeast-2.")
+    assert render_intrinsic(container["Image"]).startswith("871362719292.dkr.ecr.ap-east-1.")
+
+
+def test_a_region_without_a_known_dlc_account_gets_a_clear_error(make_synth) -> None:
+    with pytest.raises(ConfigError, match=r"af-south-1.*another region"):
+        make_synth(region="af-south-1")
 
 
 def test_model_data_is_the_archive_in_infra_stacks_model_bucket(synth: Synth, synth_variant: Synth) -> None:

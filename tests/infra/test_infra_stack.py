@@ -87,11 +87,15 @@ def test_pipeline_buckets_log_access_to_the_log_bucket(synth: Synth) -> None:
     assert "LoggingConfiguration" not in buckets[log_bucket]["Properties"]
 
 
-def test_removal_destroy_empties_and_deletes_everything(synth: Synth) -> None:
+def test_removal_destroy_empties_and_deletes_everything_but_the_access_logs(synth: Synth) -> None:
     buckets = synth.infra_template.find_resources("AWS::S3::Bucket")
-    assert {bucket["DeletionPolicy"] for bucket in buckets.values()} == {"Delete"}
+    log_bucket = synth.infra.get_logical_id(synth.infra.buckets.access_logs.node.default_child)
+    pipeline = {logical_id for logical_id in buckets if logical_id != log_bucket}
+    assert {buckets[logical_id]["DeletionPolicy"] for logical_id in pipeline} == {"Delete"}
     auto_delete = synth.infra_template.find_resources("Custom::S3AutoDeleteObjects")
-    assert {resource["Properties"]["BucketName"]["Ref"] for resource in auto_delete.values()} == set(buckets)
+    assert {resource["Properties"]["BucketName"]["Ref"] for resource in auto_delete.values()} == pipeline
+    # S3 keeps delivering access logs while the other buckets are emptied: this one is always kept.
+    assert buckets[log_bucket]["DeletionPolicy"] == "Retain"
     for resource_type in ("AWS::Logs::LogGroup", "AWS::SQS::Queue"):
         assert {r["DeletionPolicy"] for r in synth.infra_template.find_resources(resource_type).values()} == {"Delete"}
 
@@ -273,53 +277,40 @@ def test_image_parameters_come_from_context(synth: Synth, synth_variant: Synth) 
 # --- IAM -----------------------------------------------------------------------------------
 
 
+def own_infra(synth: Synth, handler: Handler) -> set[tuple[str, str]]:
+    """What every stage may do besides its task: write its own log group, send to its own queue."""
+    stage = (
+        synth.infra.transcribe_trigger if handler is Handler.TRANSCRIBE_TRIGGER else synth.infra.image_generator
+    ).stage
+    log_group = f"<{synth.infra.get_logical_id(stage.log_group.node.default_child)}.Arn>"
+    queue = f"<{synth.infra.get_logical_id(stage.dead_letter_queue.node.default_child)}.Arn>"
+    return {
+        ("logs:CreateLogStream", log_group),
+        ("logs:PutLogEvents", log_group),
+        ("sqs:SendMessage", queue),
+        ("sqs:GetQueueAttributes", queue),
+        ("sqs:GetQueueUrl", queue),
+    }
+
+
 def test_transcribe_trigger_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
-    assert statements(synth, Handler.TRANSCRIBE_TRIGGER) >= {
+    assert statements(synth, Handler.TRANSCRIBE_TRIGGER) == own_infra(synth, Handler.TRANSCRIBE_TRIGGER) | {
         ("transcribe:StartTranscriptionJob", f"arn:<AWS::Partition>:transcribe:{REGION}:{ACCOUNT}:transcription-job/*"),
         ("s3:GetObject", arn(synth, BucketRole.INPUT, "/*")),
         ("s3:ListBucket", arn(synth, BucketRole.INPUT, "")),
         ("s3:PutObject", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
         ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
     }
-    assert own_extras(synth, Handler.TRANSCRIBE_TRIGGER) == set()
 
 
 def test_invoke_sd_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
-    assert statements(synth, Handler.INVOKE_SD) >= {
+    assert statements(synth, Handler.INVOKE_SD) == own_infra(synth, Handler.INVOKE_SD) | {
         ("s3:GetObject", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
         ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
         ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
         ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
         ("sagemaker:InvokeEndpoint", f"arn:<AWS::Partition>:sagemaker:{REGION}:{ACCOUNT}:endpoint/speech-to-image-sd"),
     }
-    assert own_extras(synth, Handler.INVOKE_SD) == set()
-
-
-def own_extras(synth: Synth, handler: Handler) -> set[tuple[str, str]]:
-    """Grants beyond the task list above: only the function's own log group and dead-letter queue."""
-    allowed_infra = {
-        "logs:CreateLogStream",
-        "logs:PutLogEvents",
-        "sqs:SendMessage",
-        "sqs:GetQueueAttributes",
-        "sqs:GetQueueUrl",
-    }
-    task = {
-        "transcribe:StartTranscriptionJob",
-        "s3:GetObject",
-        "s3:ListBucket",
-        "s3:PutObject",
-        "s3:DeleteObject",
-        "sagemaker:InvokeEndpoint",
-    }
-    extras = set()
-    for action, resource in statements(synth, handler):
-        if action in task:
-            continue
-        if action in allowed_infra and resource.startswith("<") and (".Arn>" in resource):
-            continue
-        extras.add((action, resource))
-    return extras
 
 
 def test_no_wildcard_actions_and_no_managed_policies_on_pipeline_roles(synth: Synth) -> None:
@@ -352,6 +343,8 @@ def test_outputs_name_every_bucket_and_the_endpoint(synth: Synth) -> None:
         (BucketRole.MODEL, "ModelBucketName"),
     ):
         assert outputs[name]["Value"] == {"Ref": bucket_id(synth, role)}
+    log_bucket = synth.infra.get_logical_id(synth.infra.buckets.access_logs.node.default_child)
+    assert outputs["AccessLogBucketName"]["Value"] == {"Ref": log_bucket}
     assert outputs["EndpointName"]["Value"] == "speech-to-image-sd"
     assert outputs["ModelDataKey"]["Value"] == "models/stable-diffusion-v1-4/model.tar.gz"
     assert set(outputs) >= {"TranscribeTriggerDeadLetterQueueUrl", "InvokeSdDeadLetterQueueUrl"}
