@@ -56,6 +56,7 @@ cfn-lint: synth ## cfn-lint on the synthesized templates (errors fail, warnings 
 bench: setup ## Benchmarks (print numbers; not tests)
 	$(BIN)/python benchmarks/bench_handler_import.py
 	$(BIN)/python benchmarks/bench_inference.py --device cpu
+	$(BIN)/python benchmarks/bench_local.py
 
 bootstrap: setup ## Prepare the account/region for CDK deployments (once; needs AWS credentials)
 	npx cdk bootstrap

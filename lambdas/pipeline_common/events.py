@@ -64,7 +64,7 @@ def parse_s3_event(event: Any) -> list[S3Record]:
             raise EventError(f"record {index} is not a JSON object")
         source = raw.get("eventSource")
         if source == "aws:sqs":
-            # Local mode delivers S3 notifications through SQS (moto cannot invoke Lambdas).
+            # S3 -> SQS -> Lambda wiring delivers S3 events wrapped in SQS messages: unwrap them.
             records += parse_s3_event(_sqs_body(raw, index))
         elif source == "aws:s3":
             record = _parse_s3_record(raw, index)

@@ -1,0 +1,356 @@
+"""`python -m local run FILE...`: the whole pipeline on this machine, no AWS account needed.
+
+Each FILE is uploaded to the local input bucket; the real handlers, a local Amazon Transcribe and a
+local SageMaker endpoint turn it into an image set (or an error record), which is copied to --out with
+a gallery (index.html) of every run in that folder. Exit status: 0 when every file produced an image,
+1 when any ended as an error, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from infra.config import ConfigError
+from local import gallery
+
+EXIT_OK = 0
+EXIT_ERRORS = 1
+EXIT_USAGE = 2
+DEFAULT_TIMEOUT_S = 600.0
+# The order stages happen in, with the words a person reads.
+STAGE_LABELS = (
+    ("upload", "upload"),
+    ("to_transcribe", "to Transcribe"),
+    ("fetch_media", "fetch"),
+    ("decode", "decode"),
+    ("asr", "ASR"),
+    ("transcript_to_endpoint", "transcript->endpoint"),
+    ("generation", "generation"),
+    ("writes", "writes"),
+)
+TINY_MODEL_NOTE = (
+    "Using the tiny random-weight test model: its images are abstract noise ({size}x{size}, {steps} steps). "
+    "For real pictures pass a diffusers Stable Diffusion v1.x folder, e.g.\n"
+    "  huggingface-cli download CompVis/stable-diffusion-v1-4 --local-dir models/sd-v1-4\n"
+    "  python -m local run FILE --model-dir models/sd-v1-4"
+)
+
+
+class UsageError(ValueError):
+    """The command line cannot be run as given; the message says how to fix it."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="python -m local", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run recordings through the local pipeline",
+        description="Upload recordings to the local pipeline and collect the images it draws.",
+    )
+    run.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio recordings (mp3, wav, flac, ogg, ...)")
+    run.add_argument("--out", type=Path, default=Path("out"), help="results folder (default: ./out)")
+    run.add_argument(
+        "--model-dir",
+        type=Path,
+        help="a diffusers Stable Diffusion v1.x folder (default: a tiny random-weight test model)",
+    )
+    run.add_argument("--size", type=int, help="image width and height in pixels (multiple of 8, 64-1024)")
+    run.add_argument("--steps", type=int, help="denoising steps (1-150)")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds to wait for all results (default {DEFAULT_TIMEOUT_S:.0f})",
+    )
+    output = run.add_mutually_exclusive_group()
+    output.add_argument("--quiet", action="store_true", help="print only the paths of the results")
+    output.add_argument("--json", action="store_true", help="print one JSON document with every result")
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    runtime: Any = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run the CLI; `runtime` lets callers (tests, benchmarks) share one started `LocalRuntime`."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = build_parser()
+    try:
+        # argparse prints usage and errors itself: to the streams this call was given.
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        return run(args, runtime=runtime, stdout=stdout, stderr=stderr)
+    except UsageError as error:
+        print(f"error: {error}", file=stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=stderr)
+        return 130
+
+
+def check_files(files: Sequence[Path], suffixes: Sequence[str]) -> list[Path]:
+    """The files to upload, in order, each once; `UsageError` for anything that cannot be uploaded."""
+    chosen: dict[str, Path] = {}
+    for path in files:
+        if not path.exists():
+            raise UsageError(f"{path}: no such file")
+        if not path.is_file():
+            raise UsageError(f"{path}: not a file (pass audio files, not folders)")
+        if not path.name.endswith(tuple(suffixes)):
+            accepted = ", ".join(sorted({suffix.lower() for suffix in suffixes}))
+            raise UsageError(
+                f"{path}: '{path.suffix or path.name}' is not an audio format the pipeline accepts "
+                f"(the input bucket notifies for: {accepted}); convert the recording or rename it"
+            )
+        earlier = chosen.get(path.name)
+        if earlier is not None and earlier.resolve() != path.resolve():
+            raise UsageError(
+                f"{earlier} and {path} would both be uploaded as '{path.name}': rename one, or run them separately"
+            )
+        chosen.setdefault(path.name, path)
+    return list(chosen.values())
+
+
+def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr: TextIO) -> int:
+    """Start (or reuse) the runtime, process every file, write the results folder and report."""
+    from local.runtime import LocalRuntime, accepted_suffixes, load_config, local_config, model_folder, tiny_model
+
+    progress = ProgressPrinter(stderr, enabled=not args.quiet)
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    owned = runtime is None
+    if owned:
+        try:
+            config = load_config()
+        except ConfigError as error:
+            raise UsageError(f"cdk.json: {error}") from None
+        files = check_files(args.files, accepted_suffixes(config))
+        try:
+            model = model_folder(args.model_dir) if args.model_dir is not None else tiny_model()
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        try:
+            config = local_config(_with_image_overrides(config, args), model, size=args.size, steps=args.steps)
+        except ConfigError as error:
+            raise UsageError(f"--size/--steps: {error}") from None
+        out.mkdir(parents=True, exist_ok=True)
+        runtime = LocalRuntime(config, model, log_dir=out / "logs")
+    else:
+        if args.model_dir is not None or args.size is not None or args.steps is not None:
+            raise UsageError("--model-dir, --size and --steps cannot change a runtime that is already running")
+        files = check_files(args.files, accepted_suffixes(runtime.config))
+        out.mkdir(parents=True, exist_ok=True)
+    if not args.quiet:
+        _describe_model(runtime, stderr)
+    runtime.add_listener(progress)
+    try:
+        if owned:
+            progress.line("starting local AWS (moto S3/SQS/Transcribe), the handlers and the endpoint")
+            try:
+                runtime.start()
+            except Exception as error:
+                print(f"error: local mode could not start: {error}", file=stderr)
+                return EXIT_ERRORS
+        started = time.perf_counter()
+        for path in files:
+            runtime.upload(path)
+        idle = runtime.wait_until_idle(args.timeout)
+        if not idle:
+            print(
+                f"error: timed out after {args.timeout:g} s with work still in flight; results so far are below "
+                f"(handler logs: {runtime.log_dir}); raise --timeout for large models on CPU",
+                file=stderr,
+            )
+        results = [runtime.collect(path.name) for path in files]
+        if not idle:
+            for result in results:
+                if result.error_origin == "local mode" and result.error is not None:
+                    job = result.job
+                    stage = "validate" if job is None else "generate" if job.status == "COMPLETED" else "transcribe"
+                    result.error.update(
+                        stage=stage,
+                        error="timeout",
+                        reason=f"no result within --timeout {args.timeout:g} s: the pipeline was still working on it",
+                        action="run again with a larger --timeout (a full-size model on a CPU takes minutes per image)",
+                    )
+        elapsed = time.perf_counter() - started
+        reports = [_save(out, result) for result in results]
+        index = gallery.write_index(out)
+    finally:
+        runtime.remove_listener(progress)
+        if owned:
+            runtime.stop()
+    _report(args, reports, index, runtime, elapsed, stdout)
+    return EXIT_OK if idle and all(report["status"] == "image" for report in reports) else EXIT_ERRORS
+
+
+class ProgressPrinter:
+    """Prints progress a person can follow on stderr: `[  1.2s] name: message`."""
+
+    def __init__(self, stream: TextIO, *, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.started = time.perf_counter()
+        # Events come from several threads (dispatcher, Transcribe engine, endpoint): one line at a time.
+        self._lock = threading.Lock()
+
+    def line(self, message: str) -> None:
+        """Print one progress line."""
+        if self.enabled:
+            text = f"[{time.perf_counter() - self.started:6.1f}s] {message}\n"
+            with self._lock:
+                self.stream.write(text)
+                self.stream.flush()
+
+    def __call__(self, progress: Any) -> None:
+        """A runtime progress event."""
+        self.line(f"{progress.key}: {progress.message}" if progress.key else progress.message)
+
+
+def _with_image_overrides(config: Any, args: argparse.Namespace) -> Any:
+    """Check --size/--steps with the configuration's own rules (as if they were in cdk.json)."""
+    if args.size is None and args.steps is None:
+        return config
+    from local.runtime import load_config
+
+    overrides: dict[str, Any] = {}
+    if args.size is not None:
+        overrides.update(height=args.size, width=args.size)
+    if args.steps is not None:
+        overrides["num_inference_steps"] = args.steps
+    return load_config(image_overrides=overrides)
+
+
+def _describe_model(runtime: Any, stderr: TextIO) -> None:
+    image = runtime.config.image
+    if runtime.model is not None and runtime.model.tiny:
+        print(TINY_MODEL_NOTE.format(size=image.width, steps=image.num_inference_steps), file=stderr)
+        return
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    except ImportError:
+        gpu = False
+    # Beyond a quick look (256x256, 10 steps) a CPU needs minutes per image.
+    if not gpu and image.width * image.height * image.num_inference_steps > 256 * 256 * 10:
+        print(
+            f"No GPU: generating {image.width}x{image.height} with {image.num_inference_steps} steps on the CPU "
+            "can take minutes, longer than invoke_sd's 70 s endpoint read timeout "
+            "(SageMaker's real-time limit is 60 s). For a quick look try --size 256 --steps 10.",
+            file=stderr,
+        )
+
+
+def _save(out: Path, result: Any) -> dict[str, Any]:
+    """Copy one result into the results folder; the report entry for it."""
+    report: dict[str, Any] = {
+        "name": result.key,
+        "status": result.status,
+        "transcript": result.transcript,
+        "timings": result.timings,
+        "repeat": result.repeat,
+    }
+    if result.status == "image" and result.png is not None and result.html is not None:
+        paths = gallery.save_image(out, result.key, result.png, result.metadata or {}, result.html)
+        report["outputs"] = {kind: str(path) for kind, path in paths.items()}
+    else:
+        report["status"] = "error"
+        error = result.error or {"status": "error", "reason": "the image set is incomplete in the output bucket"}
+        path = gallery.save_error(out, result.key, error)
+        report["outputs"] = {"error": str(path)}
+        report["error"] = {
+            "stage": error.get("stage"),
+            "error": error.get("error"),
+            "reason": error.get("reason"),
+            "action": error.get("action"),
+            "recorded_by": "output bucket"
+            if result.error_origin == "output bucket"
+            else f"local mode ({result.error_origin})",
+        }
+    return report
+
+
+def format_timings(timings: dict[str, float]) -> str:
+    """One line: seconds per stage, the total and the pipeline's own overhead."""
+    parts = [f"{label} {timings[key]:.2f}s" for key, label in STAGE_LABELS if key in timings]
+    total = timings.get("total")
+    if total:
+        overhead = timings.get("overhead", 0.0)
+        parts.append(f"total {total:.2f}s (pipeline overhead {overhead:.2f}s, {100 * overhead / total:.0f}%)")
+    return " | ".join(parts)
+
+
+def _report(
+    args: argparse.Namespace, reports: list[dict[str, Any]], index: Path, runtime: Any, elapsed: float, stdout: TextIO
+) -> None:
+    if args.json:
+        document = {
+            "ok": all(report["status"] == "image" for report in reports),
+            "files": reports,
+            "gallery": str(index),
+            "startup_s": round(runtime.startup_s, 3),
+            "elapsed_s": round(elapsed, 3),
+            "model": {
+                "path": str(runtime.model.path) if runtime.model else None,
+                "tiny": bool(runtime.model and runtime.model.tiny),
+                "image_parameters": runtime.config.image.as_dict(),
+            },
+            "logs": str(runtime.log_dir) if runtime.log_dir else None,
+        }
+        print(json.dumps(document, ensure_ascii=False, indent=2), file=stdout)
+        return
+    if args.quiet:
+        for report in reports:
+            for path in report["outputs"].values():
+                print(path, file=stdout)
+        print(index, file=stdout)
+        return
+    for report in reports:
+        print(f"\n{report['name']}: {report['status']}", file=stdout)
+        if report.get("repeat"):
+            print(
+                f"  {report['name']}: the same content was processed before; the pipeline skipped it "
+                "(idempotent job names) and these are the earlier results",
+                file=stdout,
+            )
+        if report.get("transcript") is not None:
+            print(f"  transcript: {report['transcript']!r}", file=stdout)
+        if report["status"] == "error":
+            error = report["error"]
+            print(f"  error ({error['stage']}, {error['error']}): {error['reason']}", file=stdout)
+            print(f"  what to do: {error['action']}", file=stdout)
+        for path in report["outputs"].values():
+            print(f"  {path}", file=stdout)
+        print(f"  timings: {format_timings(report['timings'])}", file=stdout)
+    images = sum(report["status"] == "image" for report in reports)
+    print(f"\n{images} of {len(reports)} files produced an image in {elapsed:.1f} s", file=stdout)
+    print(
+        f"start-up: {runtime.startup_s:.1f} s (model {runtime.endpoint.load_s:.1f} s, "
+        f"speech recogniser {runtime.engine.load_s:.1f} s)",
+        file=stdout,
+    )
+    print(f"gallery: {index}", file=stdout)
+    if os.environ.get("CI") is None and args.out == Path("out"):
+        print(f"open it with: python -m webbrowser -t file://{index.resolve()}", file=stdout)

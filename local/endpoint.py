@@ -1,0 +1,211 @@
+"""A local SageMaker runtime: `POST /endpoints/{name}/invocations` on loopback, served by the DLC's code path.
+
+Handlers reach it through `AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`, so invoke_sd's boto3 client talks to it
+exactly as it talks to SageMaker. Requests go through `sd_tools.toolkit_harness.ToolkitEndpoint`, the
+Hugging Face inference toolkit's handler service running `code/inference.py`. Errors are shaped like
+SageMaker's: an unknown endpoint is a 400 `ValidationError`, and a model's own error status becomes a
+424 `ModelError` carrying `OriginalStatusCode` and `OriginalMessage`, as SageMaker reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from local.tracking import EndpointCall
+
+INVOCATIONS_PATH = re.compile(r"^/endpoints/([^/]+)/invocations$")
+# SageMaker real-time inference limits: 6 MB payloads, 60 s per invocation.
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+REALTIME_LIMIT_S = 60.0
+
+
+class SageMakerRuntimeServer:
+    """One named endpoint on a free loopback port; the model is loaded by `load` (possibly in a thread)."""
+
+    def __init__(
+        self,
+        endpoint_name: str,
+        account: str,
+        region: str,
+        on_call: Callable[[EndpointCall], None] | None = None,
+        on_received: Callable[[EndpointCall, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.endpoint_name = endpoint_name
+        self.account = account
+        self.region = region
+        self.load_s = 0.0
+        self.model: Any = None
+        self._on_call = on_call
+        self._on_received = on_received
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The endpoint URL for `AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`."""
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def load(self, model_dir: Path | None) -> None:
+        """Load the model through the toolkit (None: no endpoint deployed, every call is "not found")."""
+        try:
+            if model_dir is not None:
+                _quiet_model_loading()
+                from sd_tools.toolkit_harness import ToolkitEndpoint
+
+                started = time.perf_counter()
+                self.model = ToolkitEndpoint(model_dir)
+                self.load_s = time.perf_counter() - started
+        except BaseException as error:
+            self._load_error = error
+            raise
+        finally:
+            self._loaded.set()
+
+    def start(self) -> None:
+        """Serve on 127.0.0.1 at a free port."""
+        server = self
+
+        class Handler(_InvocationHandler):
+            """The request handler bound to this server."""
+
+            runtime = server
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="local-sagemaker-runtime")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and release the model's temporary files."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self.model is not None and hasattr(self.model, "close"):
+            self.model.close()
+        self.model = None
+
+    def log_stream_arn(self) -> str:
+        """Where SageMaker would have logged (its ModelError points there)."""
+        return f"arn:aws:logs:{self.region}:{self.account}:log-group:/aws/sagemaker/Endpoints/{self.endpoint_name}"
+
+    def invoke(self, name: str, body: bytes, content_type: str, accept: str) -> tuple[int, dict[str, str], bytes]:
+        """Answer one InvokeEndpoint request: status, headers and body, as SageMaker sends them."""
+        self._loaded.wait()
+        if name != self.endpoint_name or self.model is None:
+            return _error(400, "ValidationError", f"Endpoint {name} of account {self.account} not found.")
+        if len(body) > MAX_PAYLOAD_BYTES:
+            return _error(400, "ValidationError", f"Request payload of {len(body)} bytes is over the 6 MB limit.")
+        call = EndpointCall(endpoint_name=name, received_at=time.time())
+        if self._on_received is not None:
+            self._on_received(call, _summary(body, content_type))
+        result = self.model.invoke(body, content_type=content_type, accept=accept)
+        call.finished_at = time.time()
+        call.status = result.status
+        if 200 <= result.status < 300:
+            try:
+                call.inference_s = float(json.loads(result.body).get("timings", {}).get("inference_s", 0.0))
+            except (ValueError, AttributeError):
+                call.inference_s = 0.0
+        if self._on_call is not None:
+            self._on_call(call)
+        if 200 <= result.status < 300:
+            headers = {"Content-Type": result.content_type, "x-Amzn-Invoked-Production-Variant": "AllTraffic"}
+            return 200, headers, result.body
+        original = result.body.decode("utf-8", errors="replace")
+        kind = "client" if 400 <= result.status < 500 else "server"
+        message = (
+            f'Received {kind} error ({result.status}) from primary with message "{original}". '
+            f"See {self.log_stream_arn()} in account {self.account} for more information."
+        )
+        status, headers, payload = _error(424, "ModelError", message)
+        document = json.loads(payload)
+        document.update(
+            {
+                "OriginalStatusCode": result.status,
+                "OriginalMessage": original,
+                "LogStreamArn": self.log_stream_arn(),
+                "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",
+            }
+        )
+        return status, headers, json.dumps(document).encode("utf-8")
+
+
+def _quiet_model_loading() -> None:
+    """Keep diffusers' loading bar and its `accelerate` hint out of the progress output a person reads."""
+    try:
+        from diffusers.utils import logging as diffusers_logging
+    except ImportError:
+        return
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+
+
+def _error(status: int, code: str, message: str) -> tuple[int, dict[str, str], bytes]:
+    # botocore's REST-JSON parser takes the code from x-amzn-ErrorType, the message from the body.
+    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": code}
+    return status, headers, json.dumps({"__type": code, "message": message, "Message": message}).encode("utf-8")
+
+
+def _summary(body: bytes, content_type: str) -> dict[str, Any]:
+    """The prompt and parameters of a JSON request, for progress output."""
+    if "json" not in content_type:
+        return {}
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+class _InvocationHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive, so botocore reuses its connection between invocations."""
+
+    protocol_version = "HTTP/1.1"
+    runtime: SageMakerRuntimeServer
+
+    def do_POST(self) -> None:
+        """InvokeEndpoint."""
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        match = INVOCATIONS_PATH.match(self.path.split("?", 1)[0])
+        if match is None:
+            self._send(*_error(404, "UnknownOperationException", f"no SageMaker runtime operation at {self.path}"))
+            return
+        content_type = self.headers.get("Content-Type") or "application/json"
+        accept = self.headers.get("Accept") or "application/json"
+        try:
+            self._send(*self.runtime.invoke(unquote(match.group(1)), body, content_type, accept))
+        except Exception as error:
+            self._send(*_error(500, "InternalFailure", f"local endpoint failed: {type(error).__name__}: {error}"))
+
+    def do_GET(self) -> None:
+        """SageMaker runtime has no GET operations."""
+        self._send(*_error(404, "UnknownOperationException", f"no SageMaker runtime operation at GET {self.path}"))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: progress output is the runtime's job."""
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("x-amzn-RequestId", f"local-{time.time_ns():x}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)

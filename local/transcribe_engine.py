@@ -1,0 +1,365 @@
+"""A local Amazon Transcribe: runs the jobs that handlers start through the (moto) Transcribe API.
+
+moto tracks a job's state but writes no transcript. This engine hooks moto's in-process Transcribe
+backend: every job a handler starts is queued here, its media is read from the embedded S3 (the job's
+MediaFileUri), `local.transcriber.Transcriber` recognises the speech, the Transcribe output JSON is
+written to the job's OutputBucketName/OutputKey (whose S3 notification triggers the next handler, as on
+AWS), and the job ends COMPLETED, or FAILED with a FailureReason. Every final state is also published
+as the EventBridge "Transcribe Job State Change" event to `on_state_change` listeners: the hook point
+for routing job events to a handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from botocore.exceptions import ClientError
+
+from local.aws import EmbeddedAws
+from local.tracking import Activity, Progress
+
+log = logging.getLogger(__name__)
+
+JobStateListener = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class JobRecord:
+    """What the engine knows about one transcription job (timings are wall-clock seconds)."""
+
+    name: str
+    media_uri: str
+    source_bucket: str
+    source_key: str
+    output_bucket: str
+    output_key: str
+    status: str = "QUEUED"
+    failure_reason: str = ""
+    queued_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    fetch_s: float = 0.0
+    decode_s: float = 0.0
+    asr_s: float = 0.0
+    write_s: float = 0.0
+    asr_done_at: float = 0.0
+    transcript: str = ""
+    audio_duration_s: float = 0.0
+    speech_detected: bool = False
+    mean_confidence: float | None = None
+
+
+def parse_media_uri(uri: str) -> tuple[str, str]:
+    """Bucket and key of a Transcribe MediaFileUri (`s3://bucket/key` or an S3 https URL)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        # Transcribe takes the key verbatim after the bucket (spaces and unicode included).
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        return bucket, key
+    if parsed.scheme == "https":
+        host, path = parsed.netloc, unquote(parsed.path.lstrip("/"))
+        if host.startswith("s3.") or host.startswith("s3-"):
+            bucket, _, key = path.partition("/")
+            return bucket, key
+        if ".s3." in host or ".s3-" in host:
+            return host.split(".s3", 1)[0], path
+    raise ValueError(f"unsupported MediaFileUri {uri!r}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _job_class() -> type:
+    """moto's job model with its state driven by this engine instead of moto's state manager."""
+    from moto.transcribe.models import FakeTranscriptionJob
+
+    class EngineDrivenJob(FakeTranscriptionJob):  # type: ignore[misc,valid-type]
+        """A moto transcription job whose status only the local engine changes."""
+
+        @property
+        def status(self) -> str | None:
+            """The state the engine last set (moto's state manager is not consulted)."""
+            return self._status
+
+        @status.setter
+        def status(self, value: str) -> None:
+            """Set by the engine as the job moves on."""
+            self._status = value
+
+        def advance(self) -> None:
+            """Nothing: progress comes from the engine."""
+            # moto fakes progress on every GetTranscriptionJob; here the engine does the work.
+            return
+
+        def response_object(self, response_type: str) -> dict[str, Any]:
+            """moto's API view of the job, plus FailureReason where Transcribe returns it."""
+            response = super().response_object(response_type)
+            # Amazon Transcribe returns FailureReason from GetTranscriptionJob; moto only lists it.
+            if response_type == "GET" and self.failure_reason:
+                response["TranscriptionJob"]["FailureReason"] = self.failure_reason
+            return response
+
+    return EngineDrivenJob
+
+
+class _HookedJobs(dict):  # type: ignore[type-arg]
+    """moto's job table; storing a new job hands it to the engine (inside StartTranscriptionJob)."""
+
+    def __init__(self, existing: dict[str, Any], on_new: Callable[[Any], None]) -> None:
+        super().__init__(existing)
+        self._on_new = on_new
+
+    def __setitem__(self, name: str, job: Any) -> None:
+        super().__setitem__(name, job)
+        self._on_new(job)
+
+
+class TranscribeEngine:
+    """Runs transcription jobs one at a time on a worker thread (the recogniser is loaded once)."""
+
+    def __init__(
+        self,
+        aws: EmbeddedAws,
+        activity: Activity,
+        transcriber_factory: Callable[[], Any],
+        progress: Callable[[Progress], None],
+    ) -> None:
+        self.aws = aws
+        self.activity = activity
+        self.progress = progress
+        self.jobs: dict[str, JobRecord] = {}
+        self.load_s = 0.0
+        self._transcriber_factory = transcriber_factory
+        self._transcriber: Any = None
+        self._listeners: list[JobStateListener] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._s3: Any = None
+        self._lock = threading.Lock()
+
+    def on_state_change(self, listener: JobStateListener) -> None:
+        """Call `listener` with the EventBridge "Transcribe Job State Change" event of every final state."""
+        self._listeners.append(listener)
+
+    def load(self) -> None:
+        """Load the speech recogniser (pocketsphinx; about a second)."""
+        started = time.perf_counter()
+        self._transcriber = self._transcriber_factory()
+        self.load_s = time.perf_counter() - started
+
+    def start(self) -> None:
+        """Hook moto's Transcribe backend and start the worker thread."""
+        from local.transcriber import AudioDecodeError  # noqa: F401 - fail at start-up if the module is missing
+
+        self._job_class = _job_class()
+        self._s3 = self.aws.client("s3")
+        backend = self.aws.backend("transcribe")
+        backend.transcriptions = _HookedJobs(backend.transcriptions, self._accept)
+        self._thread = threading.Thread(target=self._work, daemon=True, name="local-transcribe")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the job in progress, then stop the worker thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=60)
+            self._thread = None
+        close = getattr(self._transcriber, "close", None)
+        if close is not None:
+            close()
+        self._transcriber = None
+
+    def record_for_output(self, bucket: str, key: str) -> JobRecord | None:
+        """The job that wrote this transcript object, if the engine wrote it."""
+        with self._lock:
+            for record in reversed(self.jobs.values()):
+                if record.output_bucket == bucket and record.output_key == key:
+                    return record
+        return None
+
+    def record_for_source(self, bucket: str, key: str) -> JobRecord | None:
+        """The latest job that transcribed this media object."""
+        with self._lock:
+            for record in reversed(self.jobs.values()):
+                if record.source_bucket == bucket and record.source_key == key:
+                    return record
+        return None
+
+    # Runs in moto's request thread, inside StartTranscriptionJob, before the handler gets its answer:
+    # so the job counts as in flight before the handler invocation that started it is finished.
+    def _accept(self, job: Any) -> None:
+        job.__class__ = self._job_class
+        job.status = "QUEUED"
+        name = job.transcription_job_name
+        uri = (job.media or {}).get("MediaFileUri", "")
+        try:
+            bucket, key = parse_media_uri(uri)
+        except ValueError:
+            bucket, key = "", ""
+        output_key = job.output_key or f"{name}.json"
+        if output_key.endswith("/"):
+            output_key += f"{name}.json"
+        record = JobRecord(
+            name=name,
+            media_uri=uri,
+            source_bucket=bucket,
+            source_key=key,
+            output_bucket=job._output_bucket_name or "",
+            output_key=output_key,
+            queued_at=time.time(),
+        )
+        with self._lock:
+            self.jobs[name] = record
+        self.activity.begin()
+        self._queue.put(name)
+
+    def _work(self) -> None:
+        while (name := self._queue.get()) is not None:
+            try:
+                self._run(name)
+            except Exception:
+                log.exception("local Transcribe engine: job %s failed unexpectedly", name)
+            finally:
+                self.activity.end()
+
+    def _run(self, name: str) -> None:
+        record = self.jobs[name]
+        job = self.aws.backend("transcribe").transcriptions.get(name)
+        if job is None:  # deleted before it started
+            return
+        record.started_at = time.time()
+        job.status = "IN_PROGRESS"
+        job.start_time = _now()
+        self.progress(Progress(record.source_key, "transcribe", f"transcribing (job {name})"))
+        try:
+            self._transcribe(record, job)
+        except Exception as error:
+            log.error("job %s: %s", name, traceback.format_exc())
+            self._finish(record, job, "FAILED", f"Internal failure in the local Transcribe engine: {error}")
+
+    def _transcribe(self, record: JobRecord, job: Any) -> None:
+        from local.transcriber import AudioDecodeError, to_transcribe_json
+
+        if not record.source_bucket:
+            self._finish(record, job, "FAILED", f"The S3 URI that you provided is invalid: {record.media_uri!r}.")
+            return
+        started = time.perf_counter()
+        try:
+            data = self._s3.get_object(Bucket=record.source_bucket, Key=record.source_key)["Body"].read()
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            self._finish(
+                record,
+                job,
+                "FAILED",
+                f"The S3 URI that you provided can't be accessed ({code}): {record.media_uri}. "
+                "Make sure that the object exists and try your request again.",
+            )
+            return
+        record.fetch_s = time.perf_counter() - started
+        media_format = (job.media_format or PurePosixPath(record.source_key).suffix.lstrip(".")).lower()
+        if not job.media_format:
+            job.media_format = media_format
+        if job.identify_language or job.identify_multiple_languages:
+            # The local recogniser knows English only; report what Transcribe would have identified.
+            options = job.language_options or ["en-US"]
+            job.language_code = next((code for code in options if code.startswith("en")), options[0])
+            job.identified_language_score = 1.0
+        elif job.language_code and not job.language_code.startswith("en"):
+            self.progress(
+                Progress(
+                    record.source_key,
+                    "transcribe",
+                    f"the local recogniser knows English only; {job.language_code} requested",
+                )
+            )
+        try:
+            transcription = self._transcriber.transcribe_bytes(data, media_format)
+        except AudioDecodeError as error:
+            self._finish(
+                record,
+                job,
+                "FAILED",
+                f"The media file couldn't be decoded as {media_format} audio: {error}. "
+                "Check that the file is a valid recording in a supported format and try your request again.",
+            )
+            return
+        record.asr_done_at = time.time()
+        record.decode_s = float(getattr(transcription, "decode_s", 0.0) or 0.0)
+        record.asr_s = float(getattr(transcription, "asr_s", 0.0) or 0.0)
+        record.transcript = transcription.text
+        record.audio_duration_s = float(getattr(transcription, "duration_s", 0.0) or 0.0)
+        record.speech_detected = bool(getattr(transcription, "speech_detected", bool(transcription.text)))
+        record.mean_confidence = getattr(transcription, "mean_confidence", None)
+        document = to_transcribe_json(record.name, self.aws.account, transcription)
+        # Reported before the write: the write triggers invoke_sd at once, and progress should read in order.
+        self.progress(
+            Progress(
+                record.source_key,
+                "transcribed",
+                f"transcript: {record.transcript!r}" if record.transcript else "no speech recognised",
+                {"transcript": record.transcript, "decode_s": record.decode_s, "asr_s": record.asr_s},
+            )
+        )
+        started = time.perf_counter()
+        try:
+            self._s3.put_object(
+                Bucket=record.output_bucket,
+                Key=record.output_key,
+                Body=json.dumps(document).encode("utf-8"),
+                ContentType="application/json",
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            self._finish(
+                record,
+                job,
+                "FAILED",
+                f"The output location s3://{record.output_bucket}/{record.output_key} can't be written ({code}).",
+            )
+            return
+        record.write_s = time.perf_counter() - started
+        job.media_sample_rate_hertz = job.media_sample_rate_hertz or 16000
+        job.transcript = {
+            "TranscriptFileUri": f"https://s3.{self.aws.region}.amazonaws.com/{record.output_bucket}/{record.output_key}"
+        }
+        self._finish(record, job, "COMPLETED", "")
+
+    def _finish(self, record: JobRecord, job: Any, status: str, reason: str) -> None:
+        record.status = status
+        record.failure_reason = reason
+        record.finished_at = time.time()
+        job.status = status
+        job.completion_time = _now()
+        if reason:
+            job.failure_reason = reason
+            self.progress(Progress(record.source_key, "transcribe-failed", f"transcription job FAILED: {reason}"))
+        event = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "Transcribe Job State Change",
+            "source": "aws.transcribe",
+            "account": self.aws.account,
+            "time": _now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": self.aws.region,
+            "resources": [],
+            "detail": {"TranscriptionJobName": record.name, "TranscriptionJobStatus": status},
+        }
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("job state listener failed for %s", record.name)

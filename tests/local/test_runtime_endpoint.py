@@ -1,0 +1,126 @@
+"""The local SageMaker runtime endpoint, driven by boto3 as invoke_sd drives SageMaker.
+
+It serves the tiny model through the Hugging Face toolkit; what is checked is the SageMaker side:
+status codes, error codes and members botocore parses, content types.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from PIL import Image
+
+from local.endpoint import SageMakerRuntimeServer
+from local.tracking import EndpointCall
+from tests.local.runtime_support import REPO  # noqa: F401 - sets the offline environment first
+
+ENDPOINT = "speech-to-image-sd"
+ACCOUNT = "000000000000"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[SageMakerRuntimeServer, list[EndpointCall]]]:
+    """The endpoint serving the tiny model on a free loopback port."""
+    import torch
+
+    from sd_tools.tiny_model import ensure_tiny_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    calls: list[EndpointCall] = []
+    server = SageMakerRuntimeServer(ENDPOINT, ACCOUNT, "us-east-1", on_call=calls.append)
+    server.start()
+    server.load(ensure_tiny_model())
+    yield server, calls
+    server.stop()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def client(server: tuple[SageMakerRuntimeServer, list[EndpointCall]]) -> Any:
+    """A sagemaker-runtime client pointed at the local endpoint, retries off (as invoke_sd configures it)."""
+    return boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=server[0].url,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        config=Config(retries={"mode": "standard", "max_attempts": 1}),
+    )
+
+
+def _request(prompt: str, **parameters: Any) -> bytes:
+    return json.dumps(
+        {"inputs": prompt, "parameters": {"height": 64, "width": 64, "num_inference_steps": 2, **parameters}}
+    ).encode()
+
+
+def test_an_invocation_returns_the_models_json(
+    client: Any, server: tuple[SageMakerRuntimeServer, list[EndpointCall]]
+) -> None:
+    calls = server[1]
+    before = len(calls)
+    response = client.invoke_endpoint(
+        EndpointName=ENDPOINT,
+        Body=_request("a red apple", seed=3),
+        ContentType="application/json",
+        Accept="application/json",
+    )
+    assert response["ContentType"] == "application/json"
+    assert response["InvokedProductionVariant"] == "AllTraffic"
+    document = json.loads(response["Body"].read())
+    with Image.open(io.BytesIO(base64.b64decode(document["images"][0]))) as image:
+        assert image.size == (64, 64)
+    assert document["parameters"]["seed"] == 3
+    [call] = calls[before:]
+    assert call.status == 200
+    assert call.finished_at >= call.received_at
+    assert call.inference_s > 0
+
+
+def test_accept_png_returns_the_image_bytes(client: Any) -> None:
+    response = client.invoke_endpoint(
+        EndpointName=ENDPOINT, Body=_request("a red apple"), ContentType="application/json", Accept="image/png"
+    )
+    assert response["ContentType"] == "image/png"
+    assert response["Body"].read().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_rejected_request_is_a_model_error_with_the_original_status(client: Any) -> None:
+    with pytest.raises(ClientError) as raised:
+        client.invoke_endpoint(EndpointName=ENDPOINT, Body=b'{"inputs": ""}', ContentType="application/json")
+    response = raised.value.response
+    assert response["Error"]["Code"] == "ModelError"
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 424
+    assert response["OriginalStatusCode"] == 400
+    assert "inputs is empty" in response["OriginalMessage"]
+    assert response["LogStreamArn"].startswith(f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/")
+    assert "Received client error (400) from primary" in response["Error"]["Message"]
+
+
+def test_an_unknown_endpoint_is_a_validation_error(client: Any) -> None:
+    with pytest.raises(ClientError) as raised:
+        client.invoke_endpoint(
+            EndpointName="someone-elses-endpoint", Body=_request("x"), ContentType="application/json"
+        )
+    response = raised.value.response
+    assert response["Error"]["Code"] == "ValidationError"
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert response["Error"]["Message"] == f"Endpoint someone-elses-endpoint of account {ACCOUNT} not found."
+
+
+def test_other_paths_are_not_operations(server: tuple[SageMakerRuntimeServer, list[EndpointCall]]) -> None:
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(f"{server[0].url}/ping", timeout=5)  # noqa: S310 - loopback URL built above
+    assert raised.value.code == 404
+    assert json.loads(raised.value.read())["__type"] == "UnknownOperationException"
