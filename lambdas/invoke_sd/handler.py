@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import boto3
@@ -10,10 +9,8 @@ from botocore.config import Config
 
 from invoke_sd.core import Settings, generate_images
 from pipeline_common.clients import ClientCache
-from pipeline_common.events import parse_s3_event
+from pipeline_common.entry import handle_s3_event
 from pipeline_common.settings import LazySettings
-
-logger = logging.getLogger(__name__)
 
 # core.invoke_endpoint retries with backoff itself; botocore retrying too would multiply the attempts.
 # total_max_attempts=1 is one call in all (botocore's `max_attempts` key counts retries, so 1 would mean 2 calls).
@@ -33,13 +30,10 @@ CLIENTS = ClientCache(
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Generate one image per transcript in the event."""
     settings = SETTINGS.get()
-    records = parse_s3_event(event)
-    logger.info(
-        "event received", extra={"records": len(records), "request_id": getattr(context, "aws_request_id", None)}
+    return handle_s3_event(
+        event,
+        context,
+        lambda records: generate_images(
+            records, settings=settings, s3=CLIENTS.get("s3"), sagemaker=CLIENTS.get("sagemaker_runtime")
+        ),
     )
-    if not records:
-        return {"results": []}
-    results = generate_images(
-        records, settings=settings, s3=CLIENTS.get("s3"), sagemaker=CLIENTS.get("sagemaker_runtime")
-    )
-    return {"results": [result.as_dict() for result in results]}

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
 from pipeline_common.clients import ClientCache
-from pipeline_common.events import parse_s3_event
+from pipeline_common.entry import handle_s3_event
 from pipeline_common.settings import LazySettings
 from transcribe_trigger.core import Settings, start_transcriptions
-
-logger = logging.getLogger(__name__)
 
 _AWS_CONFIG = Config(retries={"mode": "standard"})
 # A bulk upload can outrun StartTranscriptionJob's request rate: adaptive mode slows down and
@@ -30,13 +27,10 @@ CLIENTS = ClientCache(
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Start one Transcribe job per uploaded recording in the event."""
     settings = SETTINGS.get()
-    records = parse_s3_event(event)
-    logger.info(
-        "event received", extra={"records": len(records), "request_id": getattr(context, "aws_request_id", None)}
+    return handle_s3_event(
+        event,
+        context,
+        lambda records: start_transcriptions(
+            records, settings=settings, s3=CLIENTS.get("s3"), transcribe=CLIENTS.get("transcribe")
+        ),
     )
-    if not records:
-        return {"results": []}
-    results = start_transcriptions(
-        records, settings=settings, s3=CLIENTS.get("s3"), transcribe=CLIENTS.get("transcribe")
-    )
-    return {"results": [result.as_dict() for result in results]}
