@@ -44,7 +44,6 @@ CDK_JSON = REPO_ROOT / "cdk.json"
 TINY_IMAGE_SIZE = 128
 TINY_STEPS = 4
 # Files every diffusers Stable Diffusion v1.x folder has.
-MODEL_FOLDER_ENTRIES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 def load_config(cdk_json: Path = CDK_JSON, *, image_overrides: dict[str, Any] | None = None) -> PipelineConfig:
@@ -78,15 +77,16 @@ def tiny_model() -> ModelChoice:
 
 def model_folder(path: Path) -> ModelChoice:
     """A real diffusers SD v1.x folder; `ValueError` says what is missing."""
+    from sd_tools.package_model import PackagingError, validate_model_dir
+
     path = Path(path).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"--model-dir {path}: no such folder; pass a diffusers Stable Diffusion v1.x folder")
-    missing = [name for name in MODEL_FOLDER_ENTRIES if not (path / name).exists()]
-    if missing:
+    # The same check `make upload-model` applies: what passes here also deploys.
+    try:
+        validate_model_dir(path)
+    except PackagingError as error:
         raise ValueError(
-            f"--model-dir {path} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)}): "
-            "download one, e.g. `huggingface-cli download CompVis/stable-diffusion-v1-4 --local-dir DIR`"
-        )
+            f"--model-dir: {error} (e.g. `huggingface-cli download CompVis/stable-diffusion-v1-4 --local-dir DIR`)"
+        ) from None
     return ModelChoice(path=path.resolve(), tiny=False)
 
 

@@ -31,6 +31,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CODE_DIR = REPO_ROOT / "stable-diffusion-custom-inference" / "code"
 CODE_FILES = ("inference.py", "requirements.txt")
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+WEIGHTED_SUBFOLDERS = ("unet", "vae", "text_encoder")
+WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
 PIPELINE_CLASS = "StableDiffusionPipeline"
 BUCKET_OUTPUT = "ModelBucketName"
 KEY_OUTPUT = "ModelDataKey"
@@ -78,6 +85,23 @@ def validate_model_dir(model_dir: Path) -> dict[str, Any]:
     missing = [name for name in REQUIRED_SUBFOLDERS if not (model_dir / name).is_dir()]
     if missing:
         raise PackagingError(f"{model_dir} lacks the subfolder(s) {', '.join(missing)}: {hint}")
+    # inference.py loads the default variant: a folder with only fp16/ema weights would package
+    # fine and then fail on the endpoint, after a ten-minute deploy.
+    unloadable = [
+        name for name in WEIGHTED_SUBFOLDERS if not any((model_dir / name / f).is_file() for f in WEIGHT_FILES)
+    ]
+    if unloadable:
+        raise PackagingError(
+            f"{model_dir}: no default-variant weights ({' or '.join(WEIGHT_FILES)}) in {', '.join(unloadable)}; "
+            "re-download the full-precision files or re-save the pipeline without variant=..."
+        )
+    if not (model_dir / "safety_checker").is_dir():
+        # Not an error: users may serve their own filtered model. Say it loudly, once, here.
+        print(
+            f"warning: {model_dir} has no safety_checker/: the endpoint will serve images unchecked "
+            "(nsfw_content_detected: null)",
+            file=sys.stderr,
+        )
     return index
 
 

@@ -16,8 +16,8 @@ from infra.config import ConfigError, PipelineConfig
 from infra.nag import acknowledge
 
 DLC_REPOSITORY = "huggingface-pytorch-inference"
-# The newest Hugging Face PyTorch inference DLC with transformers 4.x: the toolkit and
-# stable-diffusion-custom-inference/code/requirements.txt are pinned to match it.
+# Hugging Face PyTorch inference DLC (torch 2.6, transformers 4.49, diffusers 0.32.2, toolkit 2.4.1);
+# stable-diffusion-custom-inference/code/requirements.txt pins diffusers to what it ships.
 DLC_TAG = "2.6.0-transformers4.49.0-gpu-py312-cu124-ubuntu22.04"
 # A 4 GB SD v1.x archive: download, unpack and load with room to spare.
 MODEL_DOWNLOAD_TIMEOUT_S = 1200

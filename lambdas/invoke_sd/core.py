@@ -223,14 +223,21 @@ def endpoint_message(error: BaseException) -> str:
     response = getattr(error, "response", None)
     original = response.get("OriginalMessage") if isinstance(response, dict) else None
     if original:
-        try:
-            body = json.loads(original)
-        except (TypeError, ValueError):
-            return str(original)
-        if isinstance(body, dict):
-            return str(body.get("error") or body.get("message") or original)
-        return str(original)
+        return _innermost_message(str(original))
     return error_message(error)
+
+
+def _innermost_message(text: str, depth: int = 0) -> str:
+    # The DLC's Multi Model Server wraps the model's `{"error": ...}` as a JSON string inside its own
+    # `{"code", "type", "message"}` envelope: unwrap until plain text.
+    try:
+        body = json.loads(text)
+    except (TypeError, ValueError):
+        return text
+    if not isinstance(body, dict) or depth > 3:
+        return text
+    inner = body.get("error") or body.get("message")
+    return _innermost_message(str(inner), depth + 1) if inner else text
 
 
 def describe_endpoint_failure(error: BaseException, endpoint_name: str, attempts: int) -> EndpointFailure:

@@ -261,3 +261,19 @@ def test_output_inside_the_model_folder_is_refused(tiny_model_dir):
         build_archive(tiny_model_dir, tiny_model_dir / "model.tar.gz")
     assert not (tiny_model_dir / "model.tar.gz").exists()
     assert sys.modules.get("inference") is None
+
+
+def test_a_folder_with_only_fp16_weights_is_refused(tmp_path, tiny_model_dir):
+    folder = tmp_path / "fp16-only"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("code"))
+    for weights in (folder / "unet").glob("diffusion_pytorch_model.*"):
+        weights.rename(weights.with_name(weights.name.replace("model.", "model.fp16.")))
+    with pytest.raises(PackagingError, match=r"no default-variant weights.*unet.*without variant"):
+        package_model.validate_model_dir(folder)
+
+
+def test_a_folder_without_safety_checker_is_packaged_with_a_warning(tmp_path, tiny_model_dir, capsys):
+    folder = tmp_path / "unchecked"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("code", "safety_checker"))
+    package_model.validate_model_dir(folder)
+    assert "no safety_checker/" in capsys.readouterr().err

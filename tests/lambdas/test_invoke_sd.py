@@ -301,7 +301,14 @@ def test_model_rejecting_the_request_reports_its_message(aws: Aws, sagemaker: tu
         424,
         "Received client error (400) from primary",
         OriginalStatusCode=400,
-        OriginalMessage=json.dumps({"error": "height must be a multiple of 8"}),
+        # What the DLC's Multi Model Server really sends: the model's JSON inside an MMS envelope.
+        OriginalMessage=json.dumps(
+            {
+                "code": 400,
+                "type": "InternalServerException",
+                "message": json.dumps({"error": "height must be a multiple of 8"}),
+            }
+        ),
         LogStreamArn="arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/Endpoints/sd",
     )
     sleeps: list[float] = []

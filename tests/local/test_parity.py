@@ -151,6 +151,14 @@ def test_environment_variable_names_are_the_same(template: dict[str, Any], runti
         deployed = set(properties.get("Environment", {}).get("Variables", {}))
         configured = runtime.function_environment(handler)
         assert deployed == set(configured), handler.value
+        # Literal values (everything but bucket names, which are CloudFormation references) match too.
+        literals = {
+            name: value
+            for name, value in properties.get("Environment", {}).get("Variables", {}).items()
+            if isinstance(value, str)
+        }
+        assert literals, "no literal variables: the value comparison would be empty"
+        assert {name: configured[name] for name in literals} == literals, handler.value
         # And the handler process really runs with them.
         actual = runtime.functions[handler].read_environment()
         assert {name: actual.get(name) for name in configured} == configured

@@ -40,10 +40,12 @@ def server() -> Iterator[tuple[SageMakerRuntimeServer, list[EndpointCall]]]:
     calls: list[EndpointCall] = []
     server = SageMakerRuntimeServer(ENDPOINT, ACCOUNT, "us-east-1", on_call=calls.append)
     server.start()
-    server.load(ensure_tiny_model())
-    yield server, calls
-    server.stop()
-    torch.set_num_threads(threads)
+    try:
+        server.load(ensure_tiny_model())
+        yield server, calls
+    finally:
+        server.stop()
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
