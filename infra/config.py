@@ -208,11 +208,14 @@ def _choice(value: Any, key: str, default: Any, allowed: tuple[Any, ...]) -> Any
 def _int(value: Any, key: str, default: int, low: int, high: int) -> int:
     if _missing(value):
         return default
+    # `True` is an int to Python but never a count: refuse it like any other non-number.
+    if isinstance(value, bool):
+        raise ConfigError(f"context '{key}'={value!r} is not a whole number")
     try:
-        number = int(str(value), 10) if not isinstance(value, int) or isinstance(value, bool) else value
+        number = value if isinstance(value, int) else int(str(value), 10)
     except ValueError:
         raise ConfigError(f"context '{key}'={value!r} is not a whole number") from None
-    if isinstance(value, bool) or not low <= number <= high:
+    if not low <= number <= high:
         raise ConfigError(f"context '{key}'={value!r} is out of range: expected {low}..{high}")
     return number
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Acknowledgment, App, Stack, Validations
-from aws_cdk import aws_iam as iam
+from aws_cdk import Acknowledgment, App, Validations
 from cdk_nag import AwsSolutionsChecks
 from constructs import IConstruct
 
@@ -18,12 +17,6 @@ def apply_nag(app: App) -> None:
 def acknowledge(scope: IConstruct, rule_id: str, reason: str) -> None:
     """Accept one finding (e.g. `AwsSolutions-IAM5[Resource::...]`) on `scope`, with a reviewer-grade reason."""
     Validations.of(scope).acknowledge(Acknowledgment(id=rule_id, reason=reason))
-
-
-def acknowledge_resource_wildcard(role: iam.Role, resource: str, reason: str) -> None:
-    """Accept IAM5 for one resource pattern in `role`'s policy, named as cdk-nag renders it."""
-    rendered = render_intrinsic(Stack.of(role).resolve(resource))
-    acknowledge(role, f"AwsSolutions-IAM5[Resource::{rendered}]", reason)
 
 
 def render_intrinsic(value: Any) -> str:

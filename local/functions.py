@@ -171,30 +171,23 @@ class LocalFunction:
             }
             reply = self._exchange(request, self.timeout_s)
             ended = time.time()
+            # A dead process or a timeout is reported the way Lambda reports them: as the function's error.
             if reply is None:
-                return Invocation(
-                    ok=False,
-                    error={
+                reply = {
+                    "ok": False,
+                    "error": {
                         "errorType": "Runtime.ExitError",
                         "errorMessage": f"the handler process exited (log: {self.log_path})",
                     },
-                    started_at=started,
-                    ended_at=ended,
-                    request_id=request_id,
-                    attempt=attempt,
-                )
-            if reply == "timeout":
-                return Invocation(
-                    ok=False,
-                    error={
+                }
+            elif reply == "timeout":
+                reply = {
+                    "ok": False,
+                    "error": {
                         "errorType": "Sandbox.Timedout",
                         "errorMessage": f"Task timed out after {self.timeout_s:.2f} seconds",
                     },
-                    started_at=started,
-                    ended_at=ended,
-                    request_id=request_id,
-                    attempt=attempt,
-                )
+                }
             return Invocation(
                 ok=bool(reply.get("ok")),
                 result=reply.get("result"),

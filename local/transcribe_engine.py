@@ -184,19 +184,15 @@ class TranscribeEngine:
 
     def record_for_output(self, bucket: str, key: str) -> JobRecord | None:
         """The job that wrote this transcript object, if the engine wrote it."""
-        with self._lock:
-            for record in reversed(self.jobs.values()):
-                if record.output_bucket == bucket and record.output_key == key:
-                    return record
-        return None
+        return self._latest(lambda record: (record.output_bucket, record.output_key) == (bucket, key))
 
     def record_for_source(self, bucket: str, key: str) -> JobRecord | None:
         """The latest job that transcribed this media object."""
+        return self._latest(lambda record: (record.source_bucket, record.source_key) == (bucket, key))
+
+    def _latest(self, matches: Callable[[JobRecord], bool]) -> JobRecord | None:
         with self._lock:
-            for record in reversed(self.jobs.values()):
-                if record.source_bucket == bucket and record.source_key == key:
-                    return record
-        return None
+            return next((record for record in reversed(self.jobs.values()) if matches(record)), None)
 
     # Runs in moto's request thread, inside StartTranscriptionJob, before the handler gets its answer:
     # so the job counts as in flight before the handler invocation that started it is finished.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from aws_cdk import Duration, RemovalPolicy, Stack
@@ -14,7 +13,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra.config import LOG_RETENTION_DAYS, PipelineConfig
-from infra.nag import acknowledge, acknowledge_resource_wildcard
+from infra.nag import acknowledge, render_intrinsic
 from infra.pipeline import Handler
 
 LAMBDAS_DIR = Path(__file__).resolve().parents[2] / "lambdas"
@@ -111,10 +110,12 @@ class StageFunction(Construct):
             raise ValueError(f"wildcard action {action!r}: name the exact action")
         self.role.add_to_principal_policy(iam.PolicyStatement(actions=[action], resources=list(resources)))
         for resource in resources:
-            if "*" in json.dumps(Stack.of(self).resolve(resource)):
+            # cdk-nag names the finding after the resolved ARN, e.g. `<BucketsInputDC6E7815.Arn>/*`.
+            rendered = render_intrinsic(Stack.of(self).resolve(resource))
+            if "*" in rendered:
                 if not wildcard_reason:
                     raise ValueError(f"{action} on a resource pattern needs a wildcard_reason")
-                acknowledge_resource_wildcard(self.role, resource, wildcard_reason)
+                acknowledge(self.role, f"AwsSolutions-IAM5[Resource::{rendered}]", wildcard_reason)
 
 
 # RetentionDays lists CloudWatch's allowed periods in ascending order, INFINITE last.
