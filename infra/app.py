@@ -23,7 +23,12 @@ def build_app(app: cdk.App, config: PipelineConfig) -> tuple[InfraStack, Hugging
     env = cdk.Environment(account=config.account, region=config.region)
     infra = InfraStack(app, "InfraStack", config=config, env=env)
     endpoint = HuggingFaceModelEndpoint(
-        app, "HuggingFaceModelEndpoint", config=config, model_bucket=infra.model_bucket, env=env
+        app,
+        "HuggingFaceModelEndpoint",
+        config=config,
+        model_bucket=infra.model_bucket,
+        alarm_topic=infra.alarm_topic.topic,
+        env=env,
     )
     apply_nag(app)
     return infra, endpoint

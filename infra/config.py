@@ -46,6 +46,8 @@ ENDPOINT_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 LANGUAGE_CODE_RE = re.compile(r"^[a-z]{2,3}-[A-Z]{2}$")
 ACCOUNT_RE = re.compile(r"^\d{12}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+# Deliberately loose: SNS confirms the address by e-mail; this only catches typos such as a missing '@'.
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # Keys an image request may carry; inference.py validates the values again.
 IMAGE_PARAMETER_KEYS = ("num_inference_steps", "guidance_scale", "height", "width", "seed", "negative_prompt")
 
@@ -98,6 +100,11 @@ class PipelineConfig:
     image: ImageParameters = field(default_factory=ImageParameters)
     # None leaves invoke_sd unreserved (new accounts have only 10 concurrent executions).
     invoke_sd_concurrency: int | None = 2
+    # A transcript whose mean word confidence is below this is treated as "no speech detected":
+    # Amazon Transcribe gives clear speech 0.9 and more; recognisers guessing at noise score far lower.
+    min_transcript_confidence: float = 0.2
+    # None: the alarm topic has no subscription (subscribe to it later in the console).
+    alarm_email: str | None = None
 
     @property
     def destroy_on_removal(self) -> bool:
@@ -180,6 +187,10 @@ class PipelineConfig:
             invoke_sd_concurrency=_optional_int(
                 get("invokeSdConcurrency"), "invokeSdConcurrency", default.invoke_sd_concurrency, 1, 1000
             ),
+            min_transcript_confidence=_float(
+                get("minTranscriptConfidence"), "minTranscriptConfidence", default.min_transcript_confidence, 0.0, 1.0
+            ),
+            alarm_email=_str(get("alarmEmail"), "alarmEmail", default.alarm_email, EMAIL_RE, "an e-mail address"),
         )
         return config
 

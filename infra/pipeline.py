@@ -1,9 +1,9 @@
 """The pipeline's wiring, defined once for the CDK stacks and the local runtime.
 
-Which bucket notifies which handler for which suffixes, and which environment each
-handler gets, live here and nowhere else: `InfraStack` and `local/` both read these
-definitions, so the deployed and the local pipeline cannot drift apart. No aws_cdk
-imports: local mode uses this without loading the CDK.
+Which bucket notifies which handler for which suffixes, which EventBridge events reach
+which handler, and which environment each handler gets, live here and nowhere else:
+`InfraStack` and `local/` both read these definitions, so the deployed and the local
+pipeline cannot drift apart. No aws_cdk imports: local mode uses this without loading the CDK.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from infra.config import PipelineConfig
 
@@ -19,6 +20,9 @@ from infra.config import PipelineConfig
 TRANSCRIPT_PREFIX = "transcripts/"
 IMAGE_PREFIX = "images/"
 ERROR_PREFIX = "errors/"
+# Every Transcribe job the pipeline starts is named `s2i-...`: the EventBridge rule matches only
+# these, so other applications' jobs in the account never invoke transcribe_failed.
+JOB_NAME_PREFIX = "s2i-"
 
 
 class BucketRole(StrEnum):
@@ -35,6 +39,7 @@ class Handler(StrEnum):
 
     TRANSCRIBE_TRIGGER = "transcribe_trigger"
     INVOKE_SD = "invoke_sd"
+    TRANSCRIBE_FAILED = "transcribe_failed"
 
     @property
     def entry_point(self) -> str:
@@ -52,40 +57,74 @@ class Route:
     suffixes: tuple[str, ...]
 
 
-def media_suffixes(config: PipelineConfig) -> tuple[str, ...]:
-    """Suffix filters for uploads: S3 filters are case-sensitive, so both cases."""
-    suffixes: list[str] = []
-    for fmt in config.media_formats:
-        suffixes += [f".{fmt}", f".{fmt.upper()}"]
-    return tuple(suffixes)
+# Two jobs for the same key (a quick re-upload) write the same transcript key: versioning keeps each
+# job's transcript, and invoke_sd reads the exact version its S3 event names.
+VERSIONED_BUCKETS = frozenset({BucketRole.TRANSCRIPTS})
+
+
+@dataclass(frozen=True)
+class EventRoute:
+    """An EventBridge rule (on the default bus) that invokes a handler; `pattern` is the rule's event pattern."""
+
+    name: str
+    handler: Handler
+    pattern: Mapping[str, Any]
 
 
 def routes(config: PipelineConfig) -> tuple[Route, ...]:
-    """All notifications; the output bucket has none, so results never re-trigger."""
+    """All notifications; the output bucket has none, so results never re-trigger.
+
+    Every upload reaches transcribe_trigger, whatever its name: a suffix filter would drop a `.txt`
+    or a `.Mp3` (S3 filters are case-sensitive) without a word, where the trigger answers each
+    unsupported file with an error record (`mediaFormats` is enforced there).
+    """
     return (
-        Route(BucketRole.INPUT, Handler.TRANSCRIBE_TRIGGER, "", media_suffixes(config)),
+        Route(BucketRole.INPUT, Handler.TRANSCRIBE_TRIGGER, "", ()),
         Route(BucketRole.TRANSCRIPTS, Handler.INVOKE_SD, TRANSCRIPT_PREFIX, (".json",)),
+    )
+
+
+def event_routes(config: PipelineConfig) -> tuple[EventRoute, ...]:
+    """EventBridge rules: a FAILED Transcribe job of this pipeline becomes an error record."""
+    return (
+        EventRoute(
+            "TranscribeJobFailed",
+            Handler.TRANSCRIBE_FAILED,
+            {
+                "source": ["aws.transcribe"],
+                "detail-type": ["Transcribe Job State Change"],
+                "detail": {
+                    "TranscriptionJobStatus": ["FAILED"],
+                    "TranscriptionJobName": [{"prefix": JOB_NAME_PREFIX}],
+                },
+            },
+        ),
     )
 
 
 def handler_environment(handler: Handler, config: PipelineConfig, buckets: Mapping[BucketRole, str]) -> dict[str, str]:
     """The environment variables a handler runs with, given the real bucket names."""
     common = {
+        "INPUT_BUCKET": buckets[BucketRole.INPUT],
         "OUTPUT_BUCKET": buckets[BucketRole.OUTPUT],
-        "TRANSCRIPT_PREFIX": TRANSCRIPT_PREFIX,
         "IMAGE_PREFIX": IMAGE_PREFIX,
         "ERROR_PREFIX": ERROR_PREFIX,
+        "JOB_NAME_PREFIX": JOB_NAME_PREFIX,
     }
     if handler is Handler.TRANSCRIBE_TRIGGER:
         return common | {
             "TRANSCRIPT_BUCKET": buckets[BucketRole.TRANSCRIPTS],
+            "TRANSCRIPT_PREFIX": TRANSCRIPT_PREFIX,
             "MEDIA_FORMATS": ",".join(config.media_formats),
             "MAX_MEDIA_BYTES": str(config.max_media_bytes),
             "LANGUAGE_CODE": config.language_code,
             "LANGUAGE_OPTIONS": ",".join(config.language_options),
         }
+    if handler is Handler.TRANSCRIBE_FAILED:
+        return common | {"MEDIA_FORMATS": ",".join(config.media_formats)}
     return common | {
-        "INPUT_BUCKET": buckets[BucketRole.INPUT],
+        "TRANSCRIPT_PREFIX": TRANSCRIPT_PREFIX,
         "ENDPOINT_NAME": config.endpoint_name,
         "IMAGE_PARAMETERS": json.dumps(config.image.as_dict(), sort_keys=True),
+        "MIN_TRANSCRIPT_CONFIDENCE": str(config.min_transcript_confidence),
     }

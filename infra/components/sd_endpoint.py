@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy, Stack, Token
+from aws_cdk import Duration, RemovalPolicy, Stack, Token
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
@@ -22,6 +23,8 @@ DLC_TAG = "2.6.0-transformers4.49.0-gpu-py312-cu124-ubuntu22.04"
 # A 4 GB SD v1.x archive: download, unpack and load with room to spare.
 MODEL_DOWNLOAD_TIMEOUT_S = 1200
 STARTUP_HEALTH_CHECK_TIMEOUT_S = 900
+# The one production variant; SageMaker's endpoint metrics are per EndpointName and VariantName.
+VARIANT_NAME = "AllTraffic"
 
 
 def dlc_account(stack: Stack) -> str:
@@ -106,7 +109,7 @@ class StableDiffusionEndpoint(Construct):
             "Config",
             production_variants=[
                 sagemaker.CfnEndpointConfig.ProductionVariantProperty(
-                    variant_name="AllTraffic",
+                    variant_name=VARIANT_NAME,
                     model_name=model.attr_model_name,
                     initial_instance_count=1,
                     initial_variant_weight=1.0,
@@ -124,3 +127,21 @@ class StableDiffusionEndpoint(Construct):
             endpoint_name=config.endpoint_name,
         )
         self.endpoint.node.add_dependency(self.log_group)
+
+    def metric(self, metric_name: str, *, statistic: str, period: Duration) -> cloudwatch.Metric:
+        """A SageMaker invocation metric (namespace AWS/SageMaker) of this endpoint's one variant."""
+        return cloudwatch.Metric(
+            namespace="AWS/SageMaker",
+            metric_name=metric_name,
+            dimensions_map={"EndpointName": self.endpoint.attr_endpoint_name, "VariantName": VARIANT_NAME},
+            statistic=statistic,
+            period=period,
+        )
+
+    def metric_server_errors(self, period: Duration) -> cloudwatch.Metric:
+        """Invocations the model container answered with a 5xx (Sum per period)."""
+        return self.metric("Invocation5XXErrors", statistic="Sum", period=period)
+
+    def metric_model_latency(self, period: Duration) -> cloudwatch.Metric:
+        """The slowest model response in the period, in MICROseconds (SageMaker's unit for ModelLatency)."""
+        return self.metric("ModelLatency", statistic="Maximum", period=period)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_destinations as destinations
@@ -49,6 +50,8 @@ class StageFunction(Construct):
         reserved_concurrency: int | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.handler = handler
+        self._acknowledged: set[str] = set()
         removal = RemovalPolicy.DESTROY if config.destroy_on_removal else RemovalPolicy.RETAIN
         others = [other.value for other in Handler if other is not handler]
         self.log_group = logs.LogGroup(
@@ -100,6 +103,14 @@ class StageFunction(Construct):
             "function's asynchronous invocations; a further dead-letter queue would have nothing to catch.",
         )
 
+    def metric_errors(self, period: Duration) -> cloudwatch.Metric:
+        """Invocations that ended in an error (Sum per period); each is retried, then dead-lettered."""
+        return self.function.metric_errors(period=period, statistic="Sum")
+
+    def metric_dead_letters(self, period: Duration) -> cloudwatch.Metric:
+        """Events waiting in the dead-letter queue (the period's Maximum)."""
+        return self.dead_letter_queue.metric_approximate_number_of_messages_visible(period=period, statistic="Maximum")
+
     def allow(self, action: str, *resources: str, wildcard_reason: str | None = None) -> None:
         """Allow one action on the given scoped ARNs (never a wildcard action).
 
@@ -115,7 +126,11 @@ class StageFunction(Construct):
             if "*" in rendered:
                 if not wildcard_reason:
                     raise ValueError(f"{action} on a resource pattern needs a wildcard_reason")
-                acknowledge(self.role, f"AwsSolutions-IAM5[Resource::{rendered}]", wildcard_reason)
+                finding = f"AwsSolutions-IAM5[Resource::{rendered}]"
+                # Several actions may share one pattern; cdk-nag reports it once, so acknowledge it once.
+                if finding not in self._acknowledged:
+                    self._acknowledged.add(finding)
+                    acknowledge(self.role, finding, wildcard_reason)
 
 
 # RetentionDays lists CloudWatch's allowed periods in ascending order, INFINITE last.

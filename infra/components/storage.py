@@ -7,14 +7,20 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra.config import PipelineConfig
-from infra.pipeline import BucketRole
+from infra.pipeline import VERSIONED_BUCKETS, BucketRole
 
 # Access logs are for audits of recent activity; three months bounds their storage cost.
 ACCESS_LOG_RETENTION = Duration.days(90)
+# A versioned bucket keeps replaced objects only as long as a late event might still read them.
+NONCURRENT_VERSION_RETENTION = Duration.days(1)
 
 
 class PipelineBuckets(Construct):
-    """Private, encrypted, SSL-only buckets, each logging its access to one log bucket."""
+    """Private, encrypted, SSL-only buckets, each logging its access to one log bucket.
+
+    Buckets in `VERSIONED_BUCKETS` keep every version, so a handler can read exactly the object
+    its event names; older versions expire a day after they are replaced.
+    """
 
     def __init__(self, scope: Construct, construct_id: str, *, config: PipelineConfig) -> None:
         super().__init__(scope, construct_id)
@@ -44,6 +50,7 @@ class PipelineBuckets(Construct):
                 server_access_logs_bucket=self.access_logs,
                 server_access_logs_prefix=f"{role.value.lower()}/",
                 **common,
+                **(_versioning() if role in VERSIONED_BUCKETS else {}),
             )
             for role in BucketRole
         }
@@ -56,3 +63,17 @@ class PipelineBuckets(Construct):
     def names(self) -> dict[BucketRole, str]:
         """Bucket names (CloudFormation tokens) by role, for handler environments."""
         return {role: bucket.bucket_name for role, bucket in self._buckets.items()}
+
+
+def _versioning() -> dict[str, object]:
+    """Bucket props for a versioned bucket whose old versions (and leftover delete markers) do not pile up."""
+    return {
+        "versioned": True,
+        "lifecycle_rules": [
+            s3.LifecycleRule(
+                id="ExpireReplacedVersions",
+                noncurrent_version_expiration=NONCURRENT_VERSION_RETENTION,
+                expired_object_delete_marker=True,
+            )
+        ],
+    }

@@ -1,19 +1,30 @@
-"""InfraStack: buckets, the two pipeline stages and the S3 notifications between them."""
+"""InfraStack: buckets, the pipeline stages, the events between them, and the alarms that watch them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
 from constructs import Construct
 
-from infra.components.stages import ImageGenerator, TranscribeTrigger
+from infra.components.alarms import ALARM_PERIOD, AlarmTopic, notify_alarm
+from infra.components.stage_function import MAX_EVENT_AGE, StageFunction
+from infra.components.stages import ImageGenerator, TranscribeFailureRecorder, TranscribeTrigger
 from infra.components.storage import PipelineBuckets
 from infra.config import PipelineConfig
 from infra.nag import acknowledge
-from infra.pipeline import BucketRole, Handler, routes
+from infra.pipeline import BucketRole, Handler, event_routes, routes
+
+# EventBridge -> Lambda delivery only fails while Lambda refuses the invoke (throttled, mid-deploy); it
+# retries with backoff, at most this often and within the age Lambda itself allows an event, then
+# dead-letters the event.
+EVENT_DELIVERY_RETRY_ATTEMPTS = 24
 
 
 class InfraStack(Stack):
@@ -26,15 +37,49 @@ class InfraStack(Stack):
         self.buckets = PipelineBuckets(self, "Buckets", config=config)
         self.transcribe_trigger = TranscribeTrigger(self, "TranscribeTrigger", config=config, buckets=self.buckets)
         self.image_generator = ImageGenerator(self, "ImageGenerator", config=config, buckets=self.buckets)
-        functions = {
-            Handler.TRANSCRIBE_TRIGGER: self.transcribe_trigger.function,
-            Handler.INVOKE_SD: self.image_generator.function,
+        self.transcribe_failure_recorder = TranscribeFailureRecorder(
+            self, "TranscribeFailureRecorder", config=config, buckets=self.buckets
+        )
+        self.stages: dict[Handler, StageFunction] = {
+            stage.handler: stage
+            for stage in (
+                self.transcribe_trigger.stage,
+                self.image_generator.stage,
+                self.transcribe_failure_recorder.stage,
+            )
         }
         for route in routes(config):
-            destination = s3n.LambdaDestination(functions[route.handler])
-            for suffix in route.suffixes:
-                key_filter = s3.NotificationKeyFilter(prefix=route.prefix or None, suffix=suffix)
-                self.buckets[route.bucket].add_event_notification(s3.EventType.OBJECT_CREATED, destination, key_filter)
+            destination = s3n.LambdaDestination(self.stages[route.handler].function)
+            # One notification per suffix (S3 allows one suffix per filter); a route without any gets one for all keys.
+            for suffix in route.suffixes or (None,):
+                key_filters = (
+                    [s3.NotificationKeyFilter(prefix=route.prefix or None, suffix=suffix)]
+                    if route.prefix or suffix
+                    else []
+                )
+                self.buckets[route.bucket].add_event_notification(
+                    s3.EventType.OBJECT_CREATED, destination, *key_filters
+                )
+        for event_route in event_routes(config):
+            stage = self.stages[event_route.handler]
+            events.Rule(
+                self,
+                event_route.name,
+                description=f"speech-to-image: {event_route.name} events to {event_route.handler.value}",
+                event_pattern=_event_pattern(event_route.pattern),
+                targets=[
+                    targets.LambdaFunction(
+                        stage.function,
+                        dead_letter_queue=stage.dead_letter_queue,
+                        retry_attempts=EVENT_DELIVERY_RETRY_ATTEMPTS,
+                        max_event_age=MAX_EVENT_AGE,
+                    )
+                ],
+            )
+
+        self.alarm_topic = AlarmTopic(self, "Alarms", config=config)
+        for stage in self.stages.values():
+            self._alarm_on_failures(stage)
 
         self._acknowledge_cdk_internals()
         self.model_bucket = self.buckets[BucketRole.MODEL]
@@ -46,17 +91,44 @@ class InfraStack(Stack):
             "AccessLogBucketName": (self.buckets.access_logs.bucket_name, "S3 server access logs (kept on destroy)"),
             "ModelDataKey": (config.model_data_key, "Key of the model archive in the model bucket"),
             "EndpointName": (config.endpoint_name, "SageMaker endpoint invoke_sd calls"),
-            "TranscribeTriggerDeadLetterQueueUrl": (
-                self.transcribe_trigger.stage.dead_letter_queue.queue_url,
-                "Events transcribe_trigger failed on",
-            ),
-            "InvokeSdDeadLetterQueueUrl": (
-                self.image_generator.stage.dead_letter_queue.queue_url,
-                "Events invoke_sd failed on",
-            ),
+            "AlarmTopicArn": (self.alarm_topic.topic.topic_arn, "SNS topic every alarm notifies (subscribe here)"),
         }
+        # `make replay` finds the queues by these output names (they end in DeadLetterQueueUrl).
+        for handler, stage in self.stages.items():
+            camel = "".join(part.capitalize() for part in handler.value.split("_"))
+            outputs[f"{camel}DeadLetterQueueUrl"] = (
+                stage.dead_letter_queue.queue_url,
+                f"Events {handler.value} failed on",
+            )
         for output_id, (value, description) in outputs.items():
             CfnOutput(self, output_id, value=value, description=description)
+
+    def _alarm_on_failures(self, stage: StageFunction) -> None:
+        """A failed invocation, and an event waiting in the dead-letter queue, each notify the alarm topic."""
+        name = stage.handler.value
+        queue = stage.dead_letter_queue.queue_name
+        logs = stage.log_group.log_group_name
+        notify_alarm(
+            stage,
+            "ErrorsAlarm",
+            metric=stage.metric_errors(ALARM_PERIOD),
+            threshold=1,
+            description=f"{name} failed at least once in 5 minutes. Lambda retries it twice; the uploads involved "
+            f"may get an errors/<key>.json record with the reason. Read the log group {logs} for the cause.",
+            topic=self.alarm_topic.topic,
+        )
+        notify_alarm(
+            stage,
+            "DeadLetterAlarm",
+            metric=stage.metric_dead_letters(ALARM_PERIOD),
+            threshold=1,
+            description=f"Events {name} could not process wait in its dead-letter queue {queue} (14 days): those "
+            f"uploads have no image yet. Find the cause in the log group {logs}, fix it, then run `make replay`.",
+            topic=self.alarm_topic.topic,
+            # SQS stops publishing metrics for a queue left untouched for 6 hours, even with messages in it:
+            # a gap must keep the alarm in ALARM, not report OK while events still wait.
+            treat_missing_data=cloudwatch.TreatMissingData.IGNORE,
+        )
 
     def _acknowledge_cdk_internals(self) -> None:
         """The CDK's own singleton that writes the bucket notification configuration."""
@@ -68,3 +140,8 @@ class InfraStack(Stack):
                     "The CDK's own deploy-time handler that writes the S3 notification configuration; it runs "
                     "only during deployments; its role (logs, plus PutBucketNotification) is created by the CDK.",
                 )
+
+
+def _event_pattern(pattern: Mapping[str, Any]) -> events.EventPattern:
+    """The CDK form of an event pattern dict (`detail-type` -> `detail_type`); an unknown field raises."""
+    return events.EventPattern(**{field.replace("-", "_"): value for field, value in pattern.items()})

@@ -34,6 +34,9 @@ def test_cli_strings_are_parsed_like_json_values() -> None:
     assert config.language_options == ("en-US", "fr-FR")
     assert config.image == ImageParameters(seed=7, guidance_scale=9.0)
     assert config.image.as_dict()["seed"] == 7
+    assert config_from(minTranscriptConfidence="0.5", alarmEmail="ops@example.com").min_transcript_confidence == 0.5
+    assert config_from(alarmEmail="ops@example.com").alarm_email == "ops@example.com"
+    assert config_from(alarmEmail="").alarm_email is None, "cdk.json's empty default means no subscription"
     assert "seed" not in ImageParameters().as_dict(), "no fixed seed unless configured"
 
 
@@ -54,6 +57,11 @@ def test_cli_strings_are_parsed_like_json_values() -> None:
         ("modelDataKey", "model.zip", "ending in .tar.gz"),
         ("account", "12345", "12-digit"),
         ("invokeSdConcurrency", "0", "out of range"),
+        ("minTranscriptConfidence", "1.5", "out of range"),
+        ("minTranscriptConfidence", "-0.1", "out of range"),
+        ("minTranscriptConfidence", "high", "not a number"),
+        ("alarmEmail", "ops.example.com", "an e-mail address"),
+        ("alarmEmail", "ops@example", "an e-mail address"),
     ],
 )
 def test_invalid_context_names_the_key_and_the_fix(key: str, value: str, message: str) -> None:

@@ -134,6 +134,7 @@ def test_endpoint_stack_can_be_destroyed_without_touching_data(synth: Synth) -> 
         "AWS::SageMaker::Model",
         "AWS::SageMaker::EndpointConfig",
         "AWS::SageMaker::Endpoint",
+        "AWS::CloudWatch::Alarm",
     }
     # InfraStack deploys first and alone: it depends on nothing in the endpoint stack.
     assert synth.endpoint.dependencies == [synth.infra]

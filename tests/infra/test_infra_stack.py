@@ -1,13 +1,16 @@
-"""InfraStack: buckets, notifications, Lambdas, least-privilege IAM, outputs."""
+"""InfraStack: buckets, notifications, EventBridge rule, Lambdas, least-privilege IAM, outputs."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from infra.config import TRANSCRIBE_MEDIA_FORMATS, PipelineConfig
+from aws_cdk.assertions import Match
+
+from infra.components.stage_function import StageFunction
+from infra.config import PipelineConfig
 from infra.nag import render_intrinsic
-from infra.pipeline import BucketRole, Handler, handler_environment
+from infra.pipeline import BucketRole, Handler, event_routes, handler_environment
 
 from .conftest import ACCOUNT, REGION, Synth
 
@@ -48,6 +51,16 @@ def arn(synth: Synth, role: BucketRole, suffix: str) -> str:
     return f"<{bucket_id(synth, role)}.Arn>{suffix}"
 
 
+def stage(synth: Synth, handler: Handler) -> StageFunction:
+    """The construct that owns a handler's function, role, log group and dead-letter queue."""
+    return synth.infra.stages[handler]
+
+
+def logical_id(synth: Synth, construct: Any) -> str:
+    """Logical id of an L2 construct's CloudFormation resource in InfraStack."""
+    return synth.infra.get_logical_id(construct.node.default_child)
+
+
 # --- buckets -------------------------------------------------------------------------------
 
 
@@ -64,6 +77,30 @@ def test_five_private_encrypted_buckets(synth: Synth) -> None:
         rule = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
         assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
         assert "BucketName" not in props, "bucket names are generated, never physical"
+
+
+def test_only_the_transcripts_bucket_is_versioned_and_old_versions_expire_after_a_day(
+    synth: Synth, synth_variant: Synth
+) -> None:
+    for result in (synth, synth_variant):
+        buckets = result.infra_template.find_resources("AWS::S3::Bucket")
+        versioned = {
+            logical_id
+            for logical_id, bucket in buckets.items()
+            if bucket["Properties"].get("VersioningConfiguration") == {"Status": "Enabled"}
+        }
+        assert versioned == {bucket_id(result, BucketRole.TRANSCRIPTS)}
+        rules = buckets[bucket_id(result, BucketRole.TRANSCRIPTS)]["Properties"]["LifecycleConfiguration"]["Rules"]
+        assert rules == [
+            {
+                "Id": "ExpireReplacedVersions",
+                "Status": "Enabled",
+                "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+                "ExpiredObjectDeleteMarker": True,
+            }
+        ]
+        for role in (BucketRole.INPUT, BucketRole.OUTPUT, BucketRole.MODEL):
+            assert "LifecycleConfiguration" not in buckets[bucket_id(result, role)]["Properties"]
 
 
 def test_every_bucket_denies_plain_http(synth: Synth) -> None:
@@ -96,7 +133,7 @@ def test_removal_destroy_empties_and_deletes_everything_but_the_access_logs(synt
     assert {resource["Properties"]["BucketName"]["Ref"] for resource in auto_delete.values()} == pipeline
     # S3 keeps delivering access logs while the other buckets are emptied: this one is always kept.
     assert buckets[log_bucket]["DeletionPolicy"] == "Retain"
-    for resource_type in ("AWS::Logs::LogGroup", "AWS::SQS::Queue"):
+    for resource_type in ("AWS::Logs::LogGroup", "AWS::SQS::Queue", "AWS::KMS::Key"):
         assert {r["DeletionPolicy"] for r in synth.infra_template.find_resources(resource_type).values()} == {"Delete"}
 
 
@@ -104,7 +141,8 @@ def test_removal_retain_keeps_buckets_and_their_objects(synth_variant: Synth) ->
     template = synth_variant.infra_template
     assert {b["DeletionPolicy"] for b in template.find_resources("AWS::S3::Bucket").values()} == {"Retain"}
     assert template.find_resources("Custom::S3AutoDeleteObjects") == {}
-    assert {r["DeletionPolicy"] for r in template.find_resources("AWS::Logs::LogGroup").values()} == {"Retain"}
+    for resource_type in ("AWS::Logs::LogGroup", "AWS::SQS::Queue", "AWS::KMS::Key"):
+        assert {r["DeletionPolicy"] for r in template.find_resources(resource_type).values()} == {"Retain"}
 
 
 # --- notifications -------------------------------------------------------------------------
@@ -124,27 +162,26 @@ def notifications(synth: Synth) -> dict[str, list[dict[str, Any]]]:
 def filters(configs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
     out = set()
     for config in configs:
-        rules = {rule["Name"]: rule["Value"] for rule in config["Filter"]["Key"]["FilterRules"]}
+        rules = {rule["Name"]: rule["Value"] for rule in config.get("Filter", {}).get("Key", {}).get("FilterRules", [])}
         target = config["LambdaFunctionArn"]["Fn::GetAtt"][0]
         (event,) = config["Events"]
-        out.add((event, target, rules.get("prefix", ""), rules["suffix"]))
+        out.add((event, target, rules.get("prefix", ""), rules.get("suffix", "")))
     return out
 
 
-def test_uploads_of_each_media_format_trigger_transcribe_trigger(synth: Synth) -> None:
+def test_every_upload_triggers_transcribe_trigger(synth: Synth) -> None:
+    # No suffix filter: a .txt or .Mp3 upload must reach the trigger, which answers it with an error record.
     trigger_id, _ = function(synth, Handler.TRANSCRIBE_TRIGGER)
-    got = filters(notifications(synth)[bucket_id(synth, BucketRole.INPUT)])
-    expected = {
-        ("s3:ObjectCreated:*", trigger_id, "", f".{case(fmt)}")
-        for fmt in TRANSCRIBE_MEDIA_FORMATS
-        for case in (str.lower, str.upper)
-    }
-    assert got == expected
+    [config] = notifications(synth)[bucket_id(synth, BucketRole.INPUT)]
+    assert "Filter" not in config
+    assert filters([config]) == {("s3:ObjectCreated:*", trigger_id, "", "")}
 
 
-def test_media_formats_from_context_narrow_the_filters(synth_variant: Synth) -> None:
-    got = filters(notifications(synth_variant)[bucket_id(synth_variant, BucketRole.INPUT)])
-    assert {suffix for *_, suffix in got} == {".mp3", ".MP3", ".wav", ".WAV"}
+def test_media_formats_from_context_reach_the_trigger_not_the_filters(synth_variant: Synth) -> None:
+    [config] = notifications(synth_variant)[bucket_id(synth_variant, BucketRole.INPUT)]
+    assert "Filter" not in config
+    _, trigger = function(synth_variant, Handler.TRANSCRIBE_TRIGGER)
+    assert trigger["Properties"]["Environment"]["Variables"]["MEDIA_FORMATS"] == "mp3,wav"
 
 
 def test_transcripts_trigger_invoke_sd_and_output_triggers_nothing(synth: Synth) -> None:
@@ -169,6 +206,74 @@ def test_s3_may_invoke_each_function_only_from_its_bucket(synth: Synth) -> None:
                 "SourceAccount": ACCOUNT,
             },
         )
+
+
+# --- EventBridge ---------------------------------------------------------------------------
+
+
+def test_failed_pipeline_jobs_reach_transcribe_failed_through_the_shared_event_pattern(synth: Synth) -> None:
+    rules = synth.infra_template.find_resources("AWS::Events::Rule")
+    routes = event_routes(PipelineConfig())
+    assert len(rules) == len(routes) == 1
+    ((rule_id, rule),) = rules.items()
+    (route,) = routes
+    assert route.handler is Handler.TRANSCRIBE_FAILED
+    props = rule["Properties"]
+    # Exactly the pattern local mode and the contract use: FAILED jobs named s2i-..., nothing else.
+    assert props["EventPattern"] == route.pattern
+    assert props["EventPattern"]["detail"]["TranscriptionJobName"] == [{"prefix": "s2i-"}]
+    assert "EventBusName" not in props, "the default bus, where AWS service events arrive"
+    fn_id, _ = function(synth, Handler.TRANSCRIBE_FAILED)
+    queue_id = logical_id(synth, stage(synth, Handler.TRANSCRIBE_FAILED).dead_letter_queue)
+    (target,) = props["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": [fn_id, "Arn"]}
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": [queue_id, "Arn"]}}
+    assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] == 6 * 3600
+    assert 1 <= target["RetryPolicy"]["MaximumRetryAttempts"] < 185, "bounded, not EventBridge's default"
+    # EventBridge may invoke the function, and send undeliverable events to its queue, for this rule only.
+    synth.infra_template.has_resource_properties(
+        "AWS::Lambda::Permission",
+        {
+            "Action": "lambda:InvokeFunction",
+            "Principal": "events.amazonaws.com",
+            "FunctionName": {"Fn::GetAtt": [fn_id, "Arn"]},
+            "SourceArn": {"Fn::GetAtt": [rule_id, "Arn"]},
+        },
+    )
+    synth.infra_template.has_resource_properties(
+        "AWS::SQS::QueuePolicy",
+        {
+            "Queues": [{"Ref": queue_id}],
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Effect": "Allow",
+                                "Principal": {"Service": "events.amazonaws.com"},
+                                "Action": "sqs:SendMessage",
+                                "Resource": {"Fn::GetAtt": [queue_id, "Arn"]},
+                                "Condition": {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": [rule_id, "Arn"]}}},
+                            }
+                        )
+                    ]
+                )
+            },
+        },
+    )
+
+
+def test_only_eventbridge_and_s3_invoke_the_functions(synth: Synth) -> None:
+    principals = {
+        (perm["Properties"]["FunctionName"]["Fn::GetAtt"][0], perm["Properties"]["Principal"])
+        for perm in synth.infra_template.find_resources("AWS::Lambda::Permission").values()
+        if perm["Properties"]["FunctionName"].get("Fn::GetAtt", [""])[0] in {function(synth, h)[0] for h in Handler}
+    }
+    assert principals == {
+        (function(synth, Handler.TRANSCRIBE_TRIGGER)[0], "s3.amazonaws.com"),
+        (function(synth, Handler.INVOKE_SD)[0], "s3.amazonaws.com"),
+        (function(synth, Handler.TRANSCRIBE_FAILED)[0], "events.amazonaws.com"),
+    }
 
 
 # --- functions -----------------------------------------------------------------------------
@@ -196,6 +301,8 @@ def test_log_retention_comes_from_context(synth_variant: Synth) -> None:
 
 def test_timeouts_are_sized_to_the_work(synth: Synth) -> None:
     assert function(synth, Handler.TRANSCRIBE_TRIGGER)[1]["Properties"]["Timeout"] == 60
+    failed = function(synth, Handler.TRANSCRIBE_FAILED)[1]["Properties"]
+    assert (failed["Timeout"], failed["MemorySize"]) == (60, 256)
     # Four endpoint attempts of up to 70 s read + 10 s connect (the real-time limit is 60 s) plus backoff.
     assert function(synth, Handler.INVOKE_SD)[1]["Properties"]["Timeout"] >= 4 * 80 + 10
 
@@ -203,12 +310,13 @@ def test_timeouts_are_sized_to_the_work(synth: Synth) -> None:
 def test_invoke_sd_concurrency_is_reserved_and_can_be_switched_off(synth: Synth, synth_variant: Synth) -> None:
     assert function(synth, Handler.INVOKE_SD)[1]["Properties"]["ReservedConcurrentExecutions"] == 2
     assert "ReservedConcurrentExecutions" not in function(synth, Handler.TRANSCRIBE_TRIGGER)[1]["Properties"]
+    assert "ReservedConcurrentExecutions" not in function(synth, Handler.TRANSCRIBE_FAILED)[1]["Properties"]
     assert "ReservedConcurrentExecutions" not in function(synth_variant, Handler.INVOKE_SD)[1]["Properties"]
 
 
 def test_failed_events_go_to_an_encrypted_ssl_only_dead_letter_queue(synth: Synth) -> None:
     queues = synth.infra_template.find_resources("AWS::SQS::Queue")
-    assert len(queues) == 2
+    assert len(queues) == len(Handler) == 3
     for queue in queues.values():
         assert queue["Properties"]["SqsManagedSseEnabled"] is True
         assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
@@ -238,10 +346,9 @@ def test_lambda_assets_hold_only_their_own_handler_and_the_shared_package(synth:
         _, fn = function(synth, handler)
         asset_hash = fn["Properties"]["Code"]["S3Key"].removesuffix(".zip")
         folder = synth.assembly_dir / f"asset.{asset_hash}"
-        other = next(h for h in Handler if h is not handler)
         assert (folder / handler.value / "handler.py").is_file()
         assert (folder / "pipeline_common").is_dir()
-        assert not (folder / other.value).exists()
+        assert [other for other in Handler if other is not handler and (folder / other.value).exists()] == []
         assert not list(folder.rglob("__pycache__"))
 
 
@@ -277,13 +384,13 @@ def test_image_parameters_come_from_context(synth: Synth, synth_variant: Synth) 
 # --- IAM -----------------------------------------------------------------------------------
 
 
+PIPELINE_JOBS = f"arn:<AWS::Partition>:transcribe:{REGION}:{ACCOUNT}:transcription-job/s2i-*"
+
+
 def own_infra(synth: Synth, handler: Handler) -> set[tuple[str, str]]:
     """What every stage may do besides its task: write its own log group, send to its own queue."""
-    stage = (
-        synth.infra.transcribe_trigger if handler is Handler.TRANSCRIBE_TRIGGER else synth.infra.image_generator
-    ).stage
-    log_group = f"<{synth.infra.get_logical_id(stage.log_group.node.default_child)}.Arn>"
-    queue = f"<{synth.infra.get_logical_id(stage.dead_letter_queue.node.default_child)}.Arn>"
+    log_group = f"<{logical_id(synth, stage(synth, handler).log_group)}.Arn>"
+    queue = f"<{logical_id(synth, stage(synth, handler).dead_letter_queue)}.Arn>"
     return {
         ("logs:CreateLogStream", log_group),
         ("logs:PutLogEvents", log_group),
@@ -295,22 +402,54 @@ def own_infra(synth: Synth, handler: Handler) -> set[tuple[str, str]]:
 
 def test_transcribe_trigger_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
     assert statements(synth, Handler.TRANSCRIBE_TRIGGER) == own_infra(synth, Handler.TRANSCRIBE_TRIGGER) | {
-        ("transcribe:StartTranscriptionJob", f"arn:<AWS::Partition>:transcribe:{REGION}:{ACCOUNT}:transcription-job/*"),
+        # Only this pipeline's jobs (JOB_NAME_PREFIX), not every job in the account.
+        ("transcribe:StartTranscriptionJob", PIPELINE_JOBS),
         ("s3:GetObject", arn(synth, BucketRole.INPUT, "/*")),
         ("s3:ListBucket", arn(synth, BucketRole.INPUT, "")),
         ("s3:PutObject", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
         ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
+        # An error record first removes the key's stale image set; a started job, a stale error record.
+        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
+        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
     }
 
 
 def test_invoke_sd_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
     assert statements(synth, Handler.INVOKE_SD) == own_infra(synth, Handler.INVOKE_SD) | {
+        # The exact transcript version its event names.
         ("s3:GetObject", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
+        ("s3:GetObjectVersion", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
+        # The current upload's ETag: superseded or gone?
+        ("s3:ListBucket", arn(synth, BucketRole.INPUT, "")),
+        # The repeat check reads images/<key>.json (a missing one must read as 404, not 403).
+        ("s3:GetObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
+        ("s3:ListBucket", arn(synth, BucketRole.OUTPUT, "")),
         ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
         ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
+        # One result per upload: each kind of result removes the other.
+        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
         ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
         ("sagemaker:InvokeEndpoint", f"arn:<AWS::Partition>:sagemaker:{REGION}:{ACCOUNT}:endpoint/speech-to-image-sd"),
     }
+
+
+def test_transcribe_failed_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
+    assert statements(synth, Handler.TRANSCRIBE_FAILED) == own_infra(synth, Handler.TRANSCRIBE_FAILED) | {
+        ("transcribe:GetTranscriptionJob", PIPELINE_JOBS),
+        ("s3:ListBucket", arn(synth, BucketRole.INPUT, "")),
+        ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
+        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
+    }
+
+
+def test_no_function_may_change_uploads_transcripts_or_the_model(synth: Synth) -> None:
+    writes = {"s3:PutObject", "s3:DeleteObject"}
+    for handler in Handler:
+        for action, resource in statements(synth, handler):
+            if action in writes and resource.startswith("<Buckets"):
+                assert resource.startswith(arn(synth, BucketRole.OUTPUT, "/")) or (
+                    handler is Handler.TRANSCRIBE_TRIGGER and action == "s3:PutObject"
+                ), f"{handler} may {action} {resource}"
 
 
 def test_no_wildcard_actions_and_no_managed_policies_on_pipeline_roles(synth: Synth) -> None:
@@ -347,7 +486,17 @@ def test_outputs_name_every_bucket_and_the_endpoint(synth: Synth) -> None:
     assert outputs["AccessLogBucketName"]["Value"] == {"Ref": log_bucket}
     assert outputs["EndpointName"]["Value"] == "speech-to-image-sd"
     assert outputs["ModelDataKey"]["Value"] == "models/stable-diffusion-v1-4/model.tar.gz"
-    assert set(outputs) >= {"TranscribeTriggerDeadLetterQueueUrl", "InvokeSdDeadLetterQueueUrl"}
+    queues = {name: output["Value"] for name, output in outputs.items() if name.endswith("DeadLetterQueueUrl")}
+    assert queues == {
+        "TranscribeTriggerDeadLetterQueueUrl": {
+            "Ref": logical_id(synth, stage(synth, Handler.TRANSCRIBE_TRIGGER).dead_letter_queue)
+        },
+        "InvokeSdDeadLetterQueueUrl": {"Ref": logical_id(synth, stage(synth, Handler.INVOKE_SD).dead_letter_queue)},
+        "TranscribeFailedDeadLetterQueueUrl": {
+            "Ref": logical_id(synth, stage(synth, Handler.TRANSCRIBE_FAILED).dead_letter_queue)
+        },
+    }
+    assert outputs["AlarmTopicArn"]["Value"] == {"Ref": logical_id(synth, synth.infra.alarm_topic.topic)}
 
 
 def test_infra_stack_holds_no_sagemaker_resources(synth: Synth) -> None:
