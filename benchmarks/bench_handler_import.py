@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 LAMBDAS = Path(__file__).resolve().parents[1] / "lambdas"
-TARGETS = ("boto3", "transcribe_trigger.handler", "invoke_sd.handler")
+TARGETS = ("boto3", "transcribe_trigger.handler", "invoke_sd.handler", "transcribe_failed.handler")
 LIMIT = 1.2
 # perf_counter around the import only: interpreter start-up is the same for every target.
 SNIPPET = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"

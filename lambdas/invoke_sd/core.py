@@ -19,17 +19,32 @@ from typing import Any
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import HTTPClientError, IncompleteReadError
 
-from pipeline_common.aws_errors import error_code, error_message, http_status
+from pipeline_common.aws_errors import error_code, error_message, http_status, is_not_found
 from pipeline_common.batch import process_each
-from pipeline_common.error_records import utc_now, write_error_record
+from pipeline_common.error_records import record_internal_error, remove_error_record, utc_now, write_error_record
 from pipeline_common.events import S3Record
-from pipeline_common.keys import error_key, image_keys, source_key_from_transcript_key
-from pipeline_common.settings import as_int, as_json_object, optional, require
+from pipeline_common.keys import image_keys, source_key_from_transcript_key
+from pipeline_common.settings import (
+    as_float,
+    as_int,
+    as_job_name_prefix,
+    as_json_object,
+    optional,
+    require,
+)
+from pipeline_common.uploads import staleness
 
 logger = logging.getLogger(__name__)
 
+FUNCTION = "invoke_sd"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEFAULT_MAX_PROMPT_CHARS = 1000
+DEFAULT_MIN_TRANSCRIPT_CONFIDENCE = 0.2
+# Stable Diffusion 1.x reads prompts through CLIP, whose tokenizer stops at 77 tokens; the endpoint
+# only says whether it cut (prompt_truncated), so the notice names the model's limit itself.
+MODEL_PROMPT_TOKENS = 77
+# SageMaker ends a real-time invocation after 60 s and reports it as a ModelError with this wording.
+_INVOCATION_TIMEOUT = re.compile(r"invocation timed out|timed out while waiting for a response", re.IGNORECASE)
 # Error codes SageMaker runtime uses for conditions that pass (throttling, scaling, a model still loading).
 TRANSIENT_ERROR_CODES = frozenset(
     {
@@ -54,8 +69,10 @@ class Settings:
     image_prefix: str
     error_prefix: str
     endpoint_name: str
+    job_name_prefix: str
     image_parameters: Mapping[str, Any] = field(default_factory=dict)
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    min_transcript_confidence: float = DEFAULT_MIN_TRANSCRIPT_CONFIDENCE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -67,9 +84,16 @@ class Settings:
             image_prefix=require(environ, "IMAGE_PREFIX"),
             error_prefix=require(environ, "ERROR_PREFIX"),
             endpoint_name=require(environ, "ENDPOINT_NAME"),
+            job_name_prefix=as_job_name_prefix("JOB_NAME_PREFIX", require(environ, "JOB_NAME_PREFIX")),
             image_parameters=as_json_object("IMAGE_PARAMETERS", optional(environ, "IMAGE_PARAMETERS", "{}")),
             max_prompt_chars=as_int(
                 "MAX_PROMPT_CHARS", optional(environ, "MAX_PROMPT_CHARS", str(DEFAULT_MAX_PROMPT_CHARS)), minimum=1
+            ),
+            min_transcript_confidence=as_float(
+                "MIN_TRANSCRIPT_CONFIDENCE",
+                optional(environ, "MIN_TRANSCRIPT_CONFIDENCE", str(DEFAULT_MIN_TRANSCRIPT_CONFIDENCE)),
+                minimum=0.0,
+                maximum=1.0,
             ),
         )
 
@@ -94,6 +118,9 @@ class Transcript:
     text: str
     job_name: str | None = None
     language_code: str | None = None
+    # Mean over the words (pronunciation items) that carry a confidence; None when none does.
+    mean_confidence: float | None = None
+    scored_words: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,7 +137,7 @@ class GeneratedImage:
 
 @dataclass(frozen=True)
 class Result:
-    """What happened to one transcript: generated, or rejected with an error record."""
+    """What happened to one transcript: generated, rejected (error record), duplicate, superseded or gone."""
 
     source_key: str
     outcome: str
@@ -125,9 +152,11 @@ class Result:
 class TranscriptError(ValueError):
     """The transcript document cannot be used; `code` is the error record's short code."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, job_name: str | None = None) -> None:
         super().__init__(reason)
         self.code = code
+        # Known when the document got that far: the gone/superseded check needs it even for a bad transcript.
+        self.job_name = job_name
 
 
 class EndpointFailure(RuntimeError):
@@ -149,23 +178,49 @@ def parse_transcript(data: bytes) -> Transcript:
         raise TranscriptError("transcript-unreadable", f"the transcript is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise TranscriptError("transcript-invalid", "the transcript is not a JSON object")
+    job = document.get("jobName")
+    job = job if isinstance(job, str) and job else None
     status = document.get("status")
     if status is None:
-        raise TranscriptError("transcript-invalid", "the transcript has no 'status' field")
+        raise TranscriptError("transcript-invalid", "the transcript has no 'status' field", job)
     if status != "COMPLETED":
-        raise TranscriptError("transcription-failed", f"the transcription job status is {status!r}, not 'COMPLETED'")
+        raise TranscriptError(
+            "transcription-failed", f"the transcription job status is {status!r}, not 'COMPLETED'", job
+        )
     results = document.get("results")
     transcripts = results.get("transcripts") if isinstance(results, dict) else None
-    if not isinstance(transcripts, list) or not transcripts:
-        raise TranscriptError("transcript-invalid", "the transcript has no results.transcripts list")
+    if not isinstance(results, dict) or not isinstance(transcripts, list) or not transcripts:
+        raise TranscriptError("transcript-invalid", "the transcript has no results.transcripts list", job)
     texts = [item.get("transcript") if isinstance(item, dict) else None for item in transcripts]
     if not all(isinstance(text, str) for text in texts):
-        raise TranscriptError("transcript-invalid", "a results.transcripts entry has no 'transcript' text")
+        raise TranscriptError("transcript-invalid", "a results.transcripts entry has no 'transcript' text", job)
+    confidences = word_confidences(results.get("items"))
     return Transcript(
         text=" ".join(texts),
-        job_name=document.get("jobName"),
+        job_name=job,
         language_code=results.get("language_code"),
+        mean_confidence=sum(confidences) / len(confidences) if confidences else None,
+        scored_words=len(confidences),
     )
+
+
+def word_confidences(items: Any) -> list[float]:
+    """The confidence of each word (pronunciation item) that has a readable one; Transcribe writes them as strings."""
+    confidences: list[float] = []
+    for item in items if isinstance(items, list) else []:
+        # Punctuation items carry a confidence of "0.0": they are not words, so they must not drag the mean down.
+        if not isinstance(item, dict) or item.get("type") != "pronunciation":
+            continue
+        alternatives = item.get("alternatives")
+        first = alternatives[0] if isinstance(alternatives, list) and alternatives else None
+        value = first.get("confidence") if isinstance(first, dict) else None
+        try:
+            confidence = float(value) if value is not None else None
+        except (TypeError, ValueError):
+            confidence = None
+        if confidence is not None and 0.0 <= confidence <= 1.0:
+            confidences.append(confidence)
+    return confidences
 
 
 def make_prompt(text: str, max_chars: int) -> tuple[str, bool]:
@@ -192,8 +247,20 @@ def request_parameters(image_parameters: Mapping[str, Any], source_key: str) -> 
     return parameters
 
 
+def is_invocation_timeout(error: BaseException) -> bool:
+    """True when SageMaker ended the invocation at its 60 s limit (a ModelError saying it timed out)."""
+    if error_code(error) != "ModelError":
+        return False
+    response = getattr(error, "response", None)
+    original = response.get("OriginalMessage") if isinstance(response, dict) else None
+    return any(_INVOCATION_TIMEOUT.search(str(text)) for text in (error_message(error), original) if text)
+
+
 def is_transient(error: BaseException) -> bool:
     """True for endpoint errors worth retrying: throttling, 5xx, model loading, network trouble."""
+    if is_invocation_timeout(error):
+        # The same request would take as long again: retrying only multiplies the 60 s wait.
+        return False
     if isinstance(error, BotoConnectionError | HTTPClientError | IncompleteReadError):
         # Connection refused/reset, connect and read timeouts, a response cut off mid-stream.
         return True
@@ -244,7 +311,10 @@ def describe_endpoint_failure(error: BaseException, endpoint_name: str, attempts
     """Turn the last endpoint error into an error code, a reason and what to do about it."""
     message = endpoint_message(error)
     code = error_code(error)
-    rerun = "then upload the recording again under a new name (the event also waits in invoke_sd's dead-letter queue)"
+    rerun = (
+        "then run `make replay` to send this event (it waits in invoke_sd's dead-letter queue) through again, "
+        "or upload the recording again under a new name"
+    )
     if code == "ValidationError" and re.search(r"not found|could not find|does not exist", message, re.IGNORECASE):
         return EndpointFailure(
             "endpoint-not-found",
@@ -253,10 +323,20 @@ def describe_endpoint_failure(error: BaseException, endpoint_name: str, attempts
             f"(make deploy-endpoint), {rerun}",
             attempts,
         )
+    if is_invocation_timeout(error):
+        return EndpointFailure(
+            "endpoint-timeout",
+            message,
+            f"generating the image took longer than the 60 s a real-time endpoint may take: lower "
+            f"num_inference_steps or height/width (imageParameters in cdk.json), or deploy {endpoint_name} on a "
+            f"faster instance type, {rerun}",
+            attempts,
+        )
     if is_transient(error):
+        status = _original_status(error) or http_status(error)
         return EndpointFailure(
             "endpoint-unavailable",
-            f"{type(error).__name__}: {message}",
+            f"{type(error).__name__}{f' (HTTP {status})' if status else ''}: {message}",
             f"the endpoint {endpoint_name} kept failing (overloaded, scaling or starting): check its status and "
             f"CloudWatch logs, {rerun}",
             attempts,
@@ -337,11 +417,37 @@ def parse_response(payload: bytes, requested: Mapping[str, Any]) -> GeneratedIma
     )
 
 
-def render_html(*, source_key: str, transcript: str, prompt: str, png: bytes, parameters: Mapping[str, Any]) -> str:
+def truncation_notices(
+    *, transcript_truncated: bool, prompt_truncated: bool, max_prompt_chars: int, prompt: str
+) -> list[str]:
+    """Plain-language notices for a prompt that was cut, by this function or by the model's tokenizer."""
+    notices: list[str] = []
+    if transcript_truncated:
+        notices.append(
+            f"the transcript was longer than {max_prompt_chars} characters (MAX_PROMPT_CHARS): "
+            f"only its first {len(prompt)} characters were sent to the model"
+        )
+    if prompt_truncated:
+        notices.append(
+            f"the transcript was longer than the model reads ({MODEL_PROMPT_TOKENS} tokens): only the start was used"
+        )
+    return notices
+
+
+def render_html(
+    *,
+    source_key: str,
+    transcript: str,
+    prompt: str,
+    png: bytes,
+    parameters: Mapping[str, Any],
+    notices: Sequence[str] = (),
+) -> str:
     """A self-contained page: the transcript and the image as a data: URI, all text HTML-escaped."""
     title = html.escape(PurePosixPath(source_key).name)
     settings = ", ".join(f"{html.escape(str(k))}={html.escape(str(v))}" for k, v in sorted(parameters.items()))
     image = base64.b64encode(png).decode("ascii")
+    notes = "".join(f'<p class="notice" role="note">Note: {html.escape(notice)}</p>\n' for notice in notices)
     return f"""<!doctype html>
 <html>
 <head>
@@ -349,11 +455,12 @@ def render_html(*, source_key: str, transcript: str, prompt: str, png: bytes, pa
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem}}
-img{{max-width:100%;height:auto}}.meta{{color:#555;font-size:.9rem}}</style>
+img{{max-width:100%;height:auto}}.meta{{color:#555;font-size:.9rem}}
+.notice{{background:#fff4ce;border-left:4px solid #c19c00;padding:.5rem 1rem}}</style>
 </head>
 <body>
 <h1>{title}</h1>
-<figure>
+{notes}<figure>
 <img src="data:image/png;base64,{image}" alt="{html.escape(prompt)}">
 <figcaption><blockquote>{html.escape(transcript)}</blockquote></figcaption>
 </figure>
@@ -382,6 +489,13 @@ def generate_images(
     )
 
 
+@dataclass
+class _Stage:
+    """The error-record stage an unexpected failure belongs to: `transcript` until the endpoint is called."""
+
+    name: str = "transcript"
+
+
 def generate_image(
     record: S3Record,
     *,
@@ -393,48 +507,150 @@ def generate_image(
     rand: Callable[[], float] = random.random,
 ) -> Result:
     """Read one transcript, call the endpoint and write image, metadata and page (or an error record)."""
+    # A key outside the layout names no upload, so there is nothing to record it against: it just raises.
     source_key = source_key_from_transcript_key(settings.transcript_prefix, record.key)
-    context = {**record.log_context(), "source_key": source_key, "endpoint_name": settings.endpoint_name}
+    stage = _Stage()
+    try:
+        return _generate(
+            record,
+            source_key,
+            stage,
+            settings=settings,
+            s3=s3,
+            sagemaker=sagemaker,
+            policy=policy or RetryPolicy(),
+            sleep=sleep,
+            rand=rand,
+        )
+    except EndpointFailure:
+        # Its own error record (endpoint-*) is written; re-raised so Lambda retries and the DLQ sees it.
+        raise
+    except Exception as error:
+        record_internal_error(
+            s3,
+            bucket=settings.output_bucket,
+            prefix=settings.error_prefix,
+            image_prefix=settings.image_prefix,
+            source_bucket=settings.input_bucket,
+            source_key=source_key,
+            stage=stage.name,
+            failure=error,
+            function=FUNCTION,
+            details={"transcript": _transcript_location(record)},
+        )
+        raise
 
-    def record_error(stage: str, code: str, reason: str, action: str, **details: Any) -> str:
+
+def _transcript_location(record: S3Record) -> dict[str, Any]:
+    location: dict[str, Any] = {"bucket": record.bucket, "key": record.key}
+    if record.version_id:
+        location["version_id"] = record.version_id
+    return location
+
+
+def _generate(
+    record: S3Record,
+    source_key: str,
+    stage: _Stage,
+    *,
+    settings: Settings,
+    s3: Any,
+    sagemaker: Any,
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+    rand: Callable[[], float],
+) -> Result:
+    context = {**record.log_context(), "source_key": source_key, "endpoint_name": settings.endpoint_name}
+    keys = image_keys(settings.image_prefix, source_key)
+
+    def record_error(stage_name: str, code: str, reason: str, action: str, **details: Any) -> str:
         return write_error_record(
             s3,
             bucket=settings.output_bucket,
             prefix=settings.error_prefix,
+            image_prefix=settings.image_prefix,
             source_bucket=settings.input_bucket,
             source_key=source_key,
-            stage=stage,
+            stage=stage_name,
             error=code,
             reason=reason,
             action=action,
-            details={"transcript": {"bucket": record.bucket, "key": record.key}, **details},
+            details={"transcript": _transcript_location(record), **details},
         )
 
     started = time.perf_counter()
-    data = s3.get_object(Bucket=record.bucket, Key=record.key)["Body"].read()
+    # The transcripts bucket is versioned: a quick re-upload's job may already have replaced the latest
+    # version, so read exactly the one this event is about.
+    version = {"VersionId": record.version_id} if record.version_id else {}
+    try:
+        data = s3.get_object(Bucket=record.bucket, Key=record.key, **version)["Body"].read()
+    except Exception as error:
+        if not (is_not_found(error) or error_code(error) == "NoSuchVersion"):
+            raise
+        # Old versions expire a day after a newer job replaced them (and a deleted transcript is gone):
+        # an event that late, e.g. a replay, is about an upload that has been superseded.
+        logger.info("transcript version no longer exists; skipped", extra={**context, "outcome": "superseded"})
+        return Result(source_key, "superseded")
     transcript_read_s = time.perf_counter() - started
+    problem: TranscriptError | None = None
     try:
         transcript = parse_transcript(data)
     except TranscriptError as error:
+        problem = error
+    job = problem.job_name if problem is not None else transcript.job_name
+
+    skipped = staleness(s3, bucket=settings.input_bucket, key=source_key, job=job, prefix=settings.job_name_prefix)
+    if skipped is not None:
+        # The upload was deleted, or replaced by one whose own transcript event produces its result.
+        logger.info(
+            "transcript is not about the current upload; skipped",
+            extra={**context, "outcome": skipped, "job_name": job},
+        )
+        return Result(source_key, skipped)
+
+    if problem is not None:
         key = record_error(
             "transcript",
-            error.code,
-            str(error),
+            problem.code,
+            str(problem),
             # The same file again would reuse its finished Transcribe job (same key and ETag), hence a new name.
             "upload the recording again under a new name; if this repeats, check the Transcribe job in the AWS console",
         )
         return Result(source_key, "rejected", error_key=key)
 
+    if (
+        transcript.job_name is not None
+        and _finished_job(s3, settings.output_bucket, keys.metadata) == transcript.job_name
+    ):
+        # S3 delivered this transcript's event again: its image set is already there, so no second endpoint call.
+        # An error record next to it can only be left from a failed attempt of the same job.
+        remove_error_record(
+            s3, bucket=settings.output_bucket, error_prefix=settings.error_prefix, source_key=source_key
+        )
+        logger.info("image set for this job already exists; repeated event skipped", extra={**context, "job_name": job})
+        return Result(source_key, "duplicate", image_key=keys.png)
+
     prompt, transcript_truncated = make_prompt(transcript.text, settings.max_prompt_chars)
+    retry_speech = "record again: speak clearly, close to the microphone, and check that the recording has sound"
     if not prompt:
+        key = record_error("transcript", "no-speech", "no speech detected: the transcript is empty", retry_speech)
+        return Result(source_key, "rejected", error_key=key)
+    mean = transcript.mean_confidence
+    if mean is not None and mean < settings.min_transcript_confidence:
         key = record_error(
             "transcript",
             "no-speech",
-            "no speech detected: the transcript is empty",
-            "record again: speak clearly, close to the microphone, and check that the recording has sound",
+            f"no speech detected: the words heard have a mean confidence of {mean:.2f}, below "
+            f"{settings.min_transcript_confidence} (MIN_TRANSCRIPT_CONFIDENCE); heard {_clip(transcript.text)!r}",
+            f"{retry_speech}; noise or music alone often transcribes as a few unlikely words",
+            mean_confidence=round(mean, 4),
+            min_transcript_confidence=settings.min_transcript_confidence,
+            words=transcript.scored_words,
+            heard=transcript.text,
         )
         return Result(source_key, "rejected", error_key=key)
 
+    stage.name = "generate"
     parameters = request_parameters(settings.image_parameters, source_key)
     body = json.dumps({"inputs": prompt, "parameters": parameters}).encode("utf-8")
     started = time.perf_counter()
@@ -443,7 +659,7 @@ def generate_image(
             sagemaker,
             endpoint_name=settings.endpoint_name,
             body=body,
-            policy=policy or RetryPolicy(),
+            policy=policy,
             sleep=sleep,
             rand=rand,
         )
@@ -460,14 +676,23 @@ def generate_image(
     except EndpointFailure as failure:
         logger.error("image generation failed", extra={**context, "error_code": failure.code})
         record_error("generate", failure.code, failure.reason, failure.action, attempts=failure.attempts)
-        # Re-raised so Lambda's retries and the dead-letter queue see the event.
         raise
 
-    keys = image_keys(settings.image_prefix, source_key)
+    notices = truncation_notices(
+        transcript_truncated=transcript_truncated,
+        prompt_truncated=image.prompt_truncated,
+        max_prompt_chars=settings.max_prompt_chars,
+        prompt=prompt,
+    )
     started = time.perf_counter()
     s3.put_object(Bucket=settings.output_bucket, Key=keys.png, Body=image.png, ContentType="image/png")
     page = render_html(
-        source_key=source_key, transcript=transcript.text, prompt=prompt, png=image.png, parameters=image.parameters
+        source_key=source_key,
+        transcript=transcript.text,
+        prompt=prompt,
+        png=image.png,
+        parameters=image.parameters,
+        notices=notices,
     )
     s3.put_object(
         Bucket=settings.output_bucket, Key=keys.html, Body=page.encode("utf-8"), ContentType="text/html; charset=utf-8"
@@ -478,15 +703,16 @@ def generate_image(
         "source": {"bucket": settings.input_bucket, "key": source_key},
         "transcript": transcript.text,
         "transcript_source": {
-            "bucket": record.bucket,
-            "key": record.key,
+            **_transcript_location(record),
             "job_name": transcript.job_name,
             "language_code": transcript.language_code,
+            "mean_confidence": round(mean, 4) if mean is not None else None,
         },
         "prompt": prompt,
         # Cut by this function (MAX_PROMPT_CHARS) vs. cut by the model's tokenizer (reported by the endpoint).
         "transcript_truncated": transcript_truncated,
         "prompt_truncated": image.prompt_truncated,
+        "notices": notices,
         "parameters": dict(image.parameters),
         "nsfw_content_detected": image.nsfw_content_detected,
         "model": {**image.model, "endpoint_name": settings.endpoint_name},
@@ -501,18 +727,34 @@ def generate_image(
         },
         "created": utc_now(),
     }
+    # Written last: its presence (with this job name) is what marks the image set complete for `duplicate`.
     s3.put_object(
         Bucket=settings.output_bucket,
         Key=keys.metadata,
         Body=json.dumps(metadata, ensure_ascii=False, indent=2).encode("utf-8"),
         ContentType="application/json",
     )
-    _remove_stale_error_record(s3, settings, source_key)
+    # One upload, one final result: an earlier failed attempt may have left an error record.
+    remove_error_record(s3, bucket=settings.output_bucket, error_prefix=settings.error_prefix, source_key=source_key)
     logger.info("image written", extra={**context, "image_key": keys.png})
     return Result(source_key, "generated", image_key=keys.png)
 
 
-def _remove_stale_error_record(s3: Any, settings: Settings, source_key: str) -> None:
-    # An earlier failed attempt may have left an error record: one upload, one final result.
-    # DeleteObject succeeds whether or not the key exists, so the role needs no read access here.
-    s3.delete_object(Bucket=settings.output_bucket, Key=error_key(settings.error_prefix, source_key))
+def _finished_job(s3: Any, bucket: str, metadata_key: str) -> str | None:
+    """The job name recorded in an existing metadata document, or None when there is none (or it is unreadable)."""
+    try:
+        data = s3.get_object(Bucket=bucket, Key=metadata_key)["Body"].read()
+    except Exception as error:
+        if is_not_found(error):
+            return None
+        raise
+    try:
+        job = json.loads(data)["transcript_source"]["job_name"]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        # A damaged document is no proof of a finished image: generate again and overwrite it.
+        return None
+    return job if isinstance(job, str) else None
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -6,6 +6,8 @@ from botocore.exceptions import ClientError
 
 # HeadObject reports a missing key as a bare 404 ("NotFound"); GetObject as NoSuchKey.
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+# GetObject reports a failed If-Match as PreconditionFailed; HeadObject (no body) as a bare 412.
+_PRECONDITION_CODES = frozenset({"412", "PreconditionFailed"})
 
 
 def error_code(error: BaseException) -> str | None:
@@ -33,3 +35,8 @@ def http_status(error: BaseException) -> int | None:
 def is_not_found(error: BaseException) -> bool:
     """True when S3 says the object does not exist."""
     return error_code(error) in _NOT_FOUND_CODES
+
+
+def is_precondition_failed(error: BaseException) -> bool:
+    """True when S3 refused a conditional request (If-Match): the object has changed since."""
+    return error_code(error) in _PRECONDITION_CODES

@@ -8,11 +8,18 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline_common.keys import error_key
+from pipeline_common.keys import KeyMappingError, error_key, image_keys
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("validate", "transcribe", "transcript", "generate")
+INTERNAL_ERROR = "internal-error"
+# Enough to name the failure; a whole traceback belongs in the logs, not in a user-facing record.
+MAX_INTERNAL_REASON_CHARS = 1000
+
+
+class ImageSetNotRemovedError(RuntimeError):
+    """S3 refused to delete part of an image set; the error record is not written, so both never coexist."""
 
 
 def utc_now() -> str:
@@ -46,11 +53,33 @@ def build_error_record(
     }
 
 
+def remove_image_set(s3: Any, *, bucket: str, image_prefix: str, source_key: str) -> None:
+    """Delete `images/<key>.png/.json/.html` (whether or not they exist) with one DeleteObjects request."""
+    try:
+        keys = image_keys(image_prefix, source_key)
+    except KeyMappingError:
+        # No image key fits S3's limit for this source key, so no image set can exist.
+        return
+    # DeleteObjects needs a Content-MD5 or checksum header: botocore adds it. Quiet: only failures come back.
+    response = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True})
+    # DeleteObjects reports per-key failures in the response body, not as an exception.
+    failures = response.get("Errors") or []
+    if failures:
+        listed = "; ".join(f"{item.get('Key')}: {item.get('Code')} {item.get('Message')}" for item in failures)
+        raise ImageSetNotRemovedError(f"could not delete the image set of {source_key!r} in {bucket}: {listed}")
+
+
+def remove_error_record(s3: Any, *, bucket: str, error_prefix: str, source_key: str) -> None:
+    """Delete the key's error record; DeleteObject succeeds whether or not it exists, so no read access is needed."""
+    s3.delete_object(Bucket=bucket, Key=error_key(error_prefix, source_key))
+
+
 def write_error_record(
     s3: Any,
     *,
     bucket: str,
     prefix: str,
+    image_prefix: str,
     source_bucket: str,
     source_key: str,
     stage: str,
@@ -60,7 +89,7 @@ def write_error_record(
     details: Mapping[str, Any] | None = None,
     now: Callable[[], str] = utc_now,
 ) -> str:
-    """Write the error record to `bucket` at `prefix + source key + .json` and return its key."""
+    """Remove the key's image set, then write the error record at `prefix + source key + .json`; return its key."""
     record = build_error_record(
         source_bucket=source_bucket,
         source_key=source_key,
@@ -72,6 +101,8 @@ def write_error_record(
         now=now,
     )
     key = error_key(prefix, source_key)
+    # One upload, one final result: images of an earlier upload under this key go first, then the record.
+    remove_image_set(s3, bucket=bucket, image_prefix=image_prefix, source_key=source_key)
     s3.put_object(
         Bucket=bucket,
         Key=key,
@@ -83,3 +114,60 @@ def write_error_record(
         extra={"bucket": source_bucket, "key": source_key, "stage": stage, "error_code": error, "error_key": key},
     )
     return key
+
+
+def internal_error_action(function: str) -> str:
+    """What a user should do about an `internal-error` record written by `function`."""
+    return (
+        f"nothing yet: {function} retries automatically; if it keeps failing, the event waits in {function}'s "
+        "dead-letter queue: fix the cause (see the reason and the function's logs), then run `make replay`"
+    )
+
+
+def record_internal_error(
+    s3: Any,
+    *,
+    bucket: str,
+    prefix: str,
+    image_prefix: str,
+    source_bucket: str,
+    source_key: str,
+    stage: str,
+    failure: BaseException,
+    function: str,
+    details: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Best effort: record an unexpected failure as `internal-error`; the caller re-raises it either way.
+
+    Returns the record's key, or None when the record itself could not be written (that is logged):
+    the original failure matters more than the record, so nothing raised here may replace it.
+    """
+    reason = f"{type(failure).__name__}: {failure}"
+    if len(reason) > MAX_INTERNAL_REASON_CHARS:
+        reason = reason[: MAX_INTERNAL_REASON_CHARS - 3] + "..."
+    try:
+        return write_error_record(
+            s3,
+            bucket=bucket,
+            prefix=prefix,
+            image_prefix=image_prefix,
+            source_bucket=source_bucket,
+            source_key=source_key,
+            stage=stage,
+            error=INTERNAL_ERROR,
+            reason=reason,
+            action=internal_error_action(function),
+            details={"error_type": type(failure).__name__, **(details or {})},
+        )
+    except Exception as error:
+        logger.exception(
+            "internal-error record could not be written",
+            extra={
+                "bucket": source_bucket,
+                "key": source_key,
+                "stage": stage,
+                "error_type": type(error).__name__,
+                "original_error_type": type(failure).__name__,
+            },
+        )
+        return None

@@ -19,6 +19,9 @@ MAX_JOB_NAME_CHARS = 200
 JOB_NAME_HASH_CHARS = 20
 JOB_NAME_RE = re.compile(r"^[0-9a-zA-Z._-]+$")
 _JOB_NAME_UNSAFE = re.compile(r"[^0-9a-zA-Z._-]+")
+_JOB_NAME_PREFIX_RE = re.compile(r"[0-9a-zA-Z._-]*")
+# A prefix must leave room for at least one stem character, the '-' and the hash.
+MAX_JOB_NAME_PREFIX_CHARS = MAX_JOB_NAME_CHARS - JOB_NAME_HASH_CHARS - 2
 TRANSCRIPT_SUFFIX = ".json"
 
 
@@ -88,11 +91,23 @@ def normalise_etag(etag: str) -> str:
     return etag.strip().strip('"')
 
 
-def job_name(source_key: str, etag: str) -> str:
-    """Deterministic Transcribe job name: `<sanitised key stem>-<20 hex of sha256(key + "\\n" + etag)>`."""
+def check_job_name_prefix(prefix: str) -> str:
+    """Return `prefix` if it can start a Transcribe job name, else raise `ValueError` saying why."""
+    if not _JOB_NAME_PREFIX_RE.fullmatch(prefix):
+        raise ValueError(f"job name prefix {prefix!r} may hold only letters, digits, '.', '_' and '-'")
+    if len(prefix) > MAX_JOB_NAME_PREFIX_CHARS:
+        raise ValueError(f"job name prefix {prefix!r} is longer than {MAX_JOB_NAME_PREFIX_CHARS} characters")
+    return prefix
+
+
+def job_name(source_key: str, etag: str, prefix: str) -> str:
+    """Deterministic Transcribe job name: `<prefix><key stem>-<20 hex of sha256(key + "\\n" + etag)>`, <= 200 chars."""
+    check_job_name_prefix(prefix)
     digest = hashlib.sha256(f"{source_key}\n{normalise_etag(etag)}".encode()).hexdigest()[:JOB_NAME_HASH_CHARS]
     stem = _JOB_NAME_UNSAFE.sub("_", PurePosixPath(source_key).stem).strip("._-") or "audio"
-    return f"{stem[: MAX_JOB_NAME_CHARS - JOB_NAME_HASH_CHARS - 1]}-{digest}"
+    # The hash alone tells objects apart; the stem is only there for people, so it is what gets cut.
+    room = MAX_JOB_NAME_CHARS - len(prefix) - JOB_NAME_HASH_CHARS - 1
+    return f"{prefix}{stem[:room]}-{digest}"
 
 
 def image_keys(prefix: str, source_key: str) -> ImageKeys:

@@ -7,7 +7,12 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
+from pipeline_common.keys import check_job_name_prefix
+
 T = TypeVar("T")
+
+# Amazon Transcribe's MediaFormat values (infra/config.py TRANSCRIBE_MEDIA_FORMATS; a test keeps them equal).
+TRANSCRIBE_MEDIA_FORMATS = ("mp3", "mp4", "m4a", "wav", "flac", "ogg", "webm", "amr")
 
 # Where the variables are defined, so an error message tells the reader where to look.
 _SOURCE = "infra/pipeline.py handler_environment()"
@@ -39,6 +44,38 @@ def as_int(name: str, value: str, *, minimum: int) -> int:
     if number < minimum:
         raise SettingsError(f"environment variable {name}={value!r} must be at least {minimum}")
     return number
+
+
+def as_float(name: str, value: str, *, minimum: float, maximum: float) -> float:
+    """Parse a number between `minimum` and `maximum`, naming the variable when it is not one."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"environment variable {name}={value!r} is not a number") from None
+    # `not (a <= x <= b)` also refuses NaN.
+    if not minimum <= number <= maximum:
+        raise SettingsError(f"environment variable {name}={value!r} must be between {minimum} and {maximum}")
+    return number
+
+
+def as_job_name_prefix(name: str, value: str) -> str:
+    """Check a Transcribe job name prefix, naming the variable when it cannot start a job name."""
+    try:
+        return check_job_name_prefix(value)
+    except ValueError as error:
+        raise SettingsError(f"environment variable {name}: {error}") from None
+
+
+def as_media_formats(name: str, value: str) -> tuple[str, ...]:
+    """Parse a comma-separated list of Transcribe media formats (lower case, no dots)."""
+    formats = tuple(item.lower().lstrip(".") for item in as_list(value))
+    unknown = [item for item in formats if item not in TRANSCRIBE_MEDIA_FORMATS]
+    if unknown or not formats:
+        raise SettingsError(
+            f"environment variable {name} has {unknown or 'no formats'}; "
+            f"Amazon Transcribe accepts {list(TRANSCRIBE_MEDIA_FORMATS)}"
+        )
+    return formats
 
 
 def as_list(value: str) -> tuple[str, ...]:

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
-from pipeline_common.aws_errors import error_code, is_not_found
+from pipeline_common.aws_errors import error_code, is_not_found, is_precondition_failed
 from pipeline_common.batch import process_each
-from pipeline_common.error_records import write_error_record
+from pipeline_common.error_records import record_internal_error, remove_error_record, write_error_record
 from pipeline_common.events import S3Record
 from pipeline_common.keys import KeyMappingError, job_name, normalise_etag, transcript_key
-from pipeline_common.settings import SettingsError, as_int, as_list, optional, require
+from pipeline_common.settings import (
+    SettingsError,
+    as_int,
+    as_job_name_prefix,
+    as_list,
+    as_media_formats,
+    optional,
+    require,
+)
+from pipeline_common.uploads import GONE, SUPERSEDED, current_etag
 
 logger = logging.getLogger(__name__)
 
-# Amazon Transcribe's MediaFormat values (infra/config.py TRANSCRIBE_MEDIA_FORMATS; a test keeps them equal).
-TRANSCRIBE_MEDIA_FORMATS = ("mp3", "mp4", "m4a", "wav", "flac", "ogg", "webm", "amr")
+FUNCTION = "transcribe_trigger"
 # Enough for every container signature below; a ranged GET keeps large uploads cheap to check.
 SNIFF_BYTES = 64
 AUTO_LANGUAGE = "auto"
@@ -28,10 +36,13 @@ AUTO_LANGUAGE = "auto"
 class Settings:
     """What transcribe_trigger needs from its environment."""
 
+    input_bucket: str
     transcript_bucket: str
     transcript_prefix: str
     output_bucket: str
+    image_prefix: str
     error_prefix: str
+    job_name_prefix: str
     media_formats: tuple[str, ...]
     max_media_bytes: int
     language_code: str = "en-US"
@@ -40,13 +51,6 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read and check the variables set by infra/pipeline.py; `SettingsError` names any bad one."""
-        formats = tuple(item.lower().lstrip(".") for item in as_list(require(environ, "MEDIA_FORMATS")))
-        unknown = [item for item in formats if item not in TRANSCRIBE_MEDIA_FORMATS]
-        if unknown or not formats:
-            raise SettingsError(
-                f"environment variable MEDIA_FORMATS has {unknown or 'no formats'}; "
-                f"Amazon Transcribe accepts {list(TRANSCRIBE_MEDIA_FORMATS)}"
-            )
         language_code = optional(environ, "LANGUAGE_CODE", "en-US")
         language_options = as_list(optional(environ, "LANGUAGE_OPTIONS", ""))
         if language_code == AUTO_LANGUAGE and len(language_options) < 2:
@@ -55,11 +59,14 @@ class Settings:
                 "(e.g. en-US,de-DE) when LANGUAGE_CODE=auto"
             )
         return cls(
+            input_bucket=require(environ, "INPUT_BUCKET"),
             transcript_bucket=require(environ, "TRANSCRIPT_BUCKET"),
             transcript_prefix=require(environ, "TRANSCRIPT_PREFIX"),
             output_bucket=require(environ, "OUTPUT_BUCKET"),
+            image_prefix=require(environ, "IMAGE_PREFIX"),
             error_prefix=require(environ, "ERROR_PREFIX"),
-            media_formats=formats,
+            job_name_prefix=as_job_name_prefix("JOB_NAME_PREFIX", require(environ, "JOB_NAME_PREFIX")),
+            media_formats=as_media_formats("MEDIA_FORMATS", require(environ, "MEDIA_FORMATS")),
             max_media_bytes=as_int("MAX_MEDIA_BYTES", require(environ, "MAX_MEDIA_BYTES"), minimum=1),
             language_code=language_code,
             language_options=language_options,
@@ -68,7 +75,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class Result:
-    """What happened to one upload: started, duplicate (repeated event), rejected or gone."""
+    """What happened to one upload: started, duplicate, rejected, gone, superseded or foreign."""
 
     bucket: str
     key: str
@@ -80,6 +87,14 @@ class Result:
     def as_dict(self) -> dict[str, Any]:
         """The result as JSON-ready data (the handler's return value)."""
         return asdict(self)
+
+
+class _Skipped(Exception):
+    """The upload is no longer the object under its key: `gone` or `superseded`; nothing is written."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
 
 
 class _Rejected(Exception):
@@ -147,33 +162,55 @@ def start_transcriptions(records: Sequence[S3Record], *, settings: Settings, s3:
 
 def start_transcription(record: S3Record, *, settings: Settings, s3: Any, transcribe: Any) -> Result:
     """Check one upload and start its Transcribe job, or write an error record for bad input."""
+    if record.bucket != settings.input_bucket:
+        # Wired to the input bucket only: anything else is a configuration mistake, not an upload to judge.
+        logger.warning("event from a bucket other than INPUT_BUCKET; skipped", extra=record.log_context())
+        return Result(record.bucket, record.key, "foreign")
     try:
-        return _start(record, settings, s3, transcribe)
-    except _Rejected as rejected:
-        key = write_error_record(
+        try:
+            return _start(record, settings, s3, transcribe)
+        except _Skipped as skipped:
+            # The newer upload's own event produces its result; this one must not touch it.
+            logger.info(
+                "upload is gone or was replaced; skipped", extra={**record.log_context(), "outcome": skipped.outcome}
+            )
+            return Result(record.bucket, record.key, skipped.outcome)
+        except _Rejected as rejected:
+            key = write_error_record(
+                s3,
+                bucket=settings.output_bucket,
+                prefix=settings.error_prefix,
+                image_prefix=settings.image_prefix,
+                source_bucket=record.bucket,
+                source_key=record.key,
+                stage="validate",
+                error=rejected.error,
+                reason=rejected.reason,
+                action=rejected.action,
+                details=rejected.details,
+            )
+            return Result(record.bucket, record.key, "rejected", error_key=key)
+    except Exception as error:
+        record_internal_error(
             s3,
             bucket=settings.output_bucket,
             prefix=settings.error_prefix,
+            image_prefix=settings.image_prefix,
             source_bucket=record.bucket,
             source_key=record.key,
             stage="validate",
-            error=rejected.error,
-            reason=rejected.reason,
-            action=rejected.action,
-            details=rejected.details,
+            failure=error,
+            function=FUNCTION,
+            details={"etag": record.etag} if record.etag else None,
         )
-        return Result(record.bucket, record.key, "rejected", error_key=key)
-    except Exception as error:
-        if is_not_found(error):
-            # Deleted (or renamed) before we got to it: there is nothing left to transcribe or report on.
-            logger.warning("upload no longer exists; skipped", extra=record.log_context())
-            return Result(record.bucket, record.key, "gone")
+        # Re-raised so Lambda retries and, in the end, the event reaches the dead-letter queue.
         raise
 
 
 def _start(record: S3Record, settings: Settings, s3: Any, transcribe: Any) -> Result:
     formats = ", ".join(settings.media_formats)
     extension = PurePosixPath(record.key).suffix.lower().lstrip(".")
+    # The key alone decides these two, so they hold for every upload under the key: no need to ask S3 first.
     if extension not in settings.media_formats:
         raise _Rejected(
             "unsupported-format",
@@ -191,12 +228,19 @@ def _start(record: S3Record, settings: Settings, s3: Any, transcribe: Any) -> Re
         ) from None
 
     size, etag = record.size, record.etag
-    if size is None or etag is None:
-        head = s3.head_object(Bucket=record.bucket, Key=record.key)
+    from_event = size is not None and etag is not None
+    if not from_event:
+        head = _read(lambda: s3.head_object(Bucket=record.bucket, Key=record.key))
         size, etag = head["ContentLength"], head["ETag"]
-    if size == 0:
-        raise _Rejected("empty-file", "the uploaded file is empty (0 bytes)", "record again and upload the audio file")
-    if size > settings.max_media_bytes:
+    etag = normalise_etag(str(etag))
+    if size == 0 or size > settings.max_media_bytes:
+        if from_event:
+            # These verdicts come from the event's size: make sure it still describes the object under the key.
+            _ensure_current(s3, record, etag)
+        if size == 0:
+            raise _Rejected(
+                "empty-file", "the uploaded file is empty (0 bytes)", "record again and upload the audio file"
+            )
         raise _Rejected(
             "too-large",
             f"the file is {size} bytes; the limit is {settings.max_media_bytes} bytes",
@@ -205,7 +249,12 @@ def _start(record: S3Record, settings: Settings, s3: Any, transcribe: Any) -> Re
             max_media_bytes=settings.max_media_bytes,
         )
 
-    head_bytes = s3.get_object(Bucket=record.bucket, Key=record.key, Range=f"bytes=0-{SNIFF_BYTES - 1}")["Body"].read()
+    # If-Match: the bytes judged are those of the object the event (and the job name) is about.
+    head_bytes = _read(
+        lambda: s3.get_object(
+            Bucket=record.bucket, Key=record.key, Range=f"bytes=0-{SNIFF_BYTES - 1}", IfMatch=f'"{etag}"'
+        )["Body"].read()
+    )
     container = detect_container(head_bytes)
     if container is None:
         raise _Rejected(
@@ -224,7 +273,7 @@ def _start(record: S3Record, settings: Settings, s3: Any, transcribe: Any) -> Re
             container=container,
         )
 
-    name = job_name(record.key, normalise_etag(etag))
+    name = job_name(record.key, etag, settings.job_name_prefix)
     context = {**record.log_context(), "job_name": name, "media_format": fmt, "transcript_key": output_key}
     try:
         transcribe.start_transcription_job(
@@ -242,5 +291,31 @@ def _start(record: S3Record, settings: Settings, s3: Any, transcribe: Any) -> Re
             return Result(record.bucket, record.key, "duplicate", job_name=name, transcript_key=output_key)
         logger.exception("StartTranscriptionJob failed", extra=context)
         raise
+    # The job's own result (image set or error record) follows; an error record left by a failed earlier
+    # attempt, or by an earlier upload under this key, would only contradict it until then.
+    remove_error_record(s3, bucket=settings.output_bucket, error_prefix=settings.error_prefix, source_key=record.key)
     logger.info("transcription job started", extra=context)
     return Result(record.bucket, record.key, "started", job_name=name, transcript_key=output_key)
+
+
+R = TypeVar("R")
+
+
+def _read(request: Callable[[], R]) -> R:
+    """Run an S3 read of the upload; a deleted upload is `gone`, a changed one (If-Match) `superseded`."""
+    try:
+        return request()
+    except Exception as error:
+        if is_not_found(error):
+            raise _Skipped(GONE) from error
+        if is_precondition_failed(error):
+            raise _Skipped(SUPERSEDED) from error
+        raise
+
+
+def _ensure_current(s3: Any, record: S3Record, etag: str) -> None:
+    current = current_etag(s3, record.bucket, record.key)
+    if current is None:
+        raise _Skipped(GONE)
+    if current != etag:
+        raise _Skipped(SUPERSEDED)

@@ -27,7 +27,7 @@ from tests.lambdas.support import (
 @pytest.fixture(autouse=True)
 def _build_every_log_record(caplog: pytest.LogCaptureFixture) -> None:
     """Log the Lambda packages at DEBUG: an `extra=` key that LogRecord already has then fails a test."""
-    for name in ("pipeline_common", "transcribe_trigger", "invoke_sd"):
+    for name in ("pipeline_common", "transcribe_trigger", "invoke_sd", "transcribe_failed"):
         caplog.set_level(logging.DEBUG, logger=name)
 
 
@@ -134,6 +134,33 @@ def invoke(aws: Aws, sagemaker: tuple[Any, Stubber], monkeypatch: pytest.MonkeyP
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()
     handler.CLIENTS.inject(s3=aws.s3, sagemaker_runtime=sagemaker[0])
+    yield handler
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+
+
+@pytest.fixture(scope="module")
+def _transcribe_client() -> Any:
+    """A Transcribe client for Stubber (created once per module); moto cannot make a job FAIL."""
+    return boto3.client("transcribe", region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def transcribe_stub(aws: Aws, _transcribe_client: Any) -> Iterator[tuple[Any, Stubber]]:
+    """The Transcribe client with a Stubber active: no request leaves the process."""
+    with Stubber(_transcribe_client) as stubber:
+        yield _transcribe_client, stubber
+
+
+@pytest.fixture
+def failed(aws: Aws, transcribe_stub: tuple[Any, Stubber], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The transcribe_failed handler module with infra's environment, moto S3 and the stubbed Transcribe client."""
+    from transcribe_failed import handler
+
+    _set_environment(monkeypatch, Handler.TRANSCRIBE_FAILED, PipelineConfig())
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+    handler.CLIENTS.inject(s3=aws.s3, transcribe=transcribe_stub[0])
     yield handler
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()

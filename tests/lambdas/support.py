@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
 from infra.pipeline import BucketRole
 
 EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
 REGION = "us-east-1"
+JOB_PREFIX = "s2i-"
 INPUT_BUCKET = "speech-to-image-input"
 TRANSCRIPT_BUCKET = "speech-to-image-transcripts"
 OUTPUT_BUCKET = "speech-to-image-output"
@@ -125,3 +127,35 @@ class Aws:
             job["TranscriptionJobName"]
             for job in self.transcribe.list_transcription_jobs()["TranscriptionJobSummaries"]
         )
+
+
+def access_denied(operation: str) -> ClientError:
+    """The error S3 gives when the role may not do `operation`."""
+    return ClientError(
+        {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+        operation,
+    )
+
+
+class FailingS3:
+    """An S3 client whose chosen operations fail with AccessDenied for keys under `prefix`; the rest pass through."""
+
+    def __init__(self, client: Any, *operations: str, prefix: str = "") -> None:
+        self.client = client
+        self.operations = set(operations)
+        self.prefix = prefix
+        self.refused: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+        if name not in self.operations:
+            return method
+
+        def refuse(**params: Any) -> Any:
+            key = str(params.get("Key", ""))
+            if key.startswith(self.prefix):
+                self.refused.append((name, key))
+                raise access_denied("".join(part.title() for part in name.split("_")))
+            return method(**params)
+
+        return refuse

@@ -32,13 +32,17 @@ from invoke_sd.core import (
 )
 from pipeline_common.batch import RecordsFailedError
 from pipeline_common.events import parse_s3_event
+from pipeline_common.keys import job_name
 from pipeline_common.settings import SettingsError
+from pipeline_common.uploads import current_etag
 from tests.lambdas.support import (
     EVENTS_DIR,
     INPUT_BUCKET,
+    JOB_PREFIX,
     OUTPUT_BUCKET,
     TRANSCRIPT_BUCKET,
     Aws,
+    FailingS3,
     endpoint_response,
     load_event,
     tiny_png,
@@ -54,6 +58,7 @@ IMAGES = {
 }
 ERROR_KEY = f"errors/{SOURCE_KEY}.json"
 EXPECTED_PROMPT = "An astronaut riding a horse, in the style of Van Gogh."
+SOURCE_BODY = b"ID3 the recording the transcript was made from"
 
 
 class JsonBody:
@@ -69,15 +74,32 @@ class JsonBody:
         return 0
 
 
-def put_transcript(aws: Aws, document: bytes | dict[str, Any] | str = "transcribe_output.json") -> None:
-    """Store a Transcribe output document where the transcript event points."""
-    if isinstance(document, str):
-        body = (EVENTS_DIR / document).read_bytes()
-    elif isinstance(document, dict):
-        body = json.dumps(document).encode("utf-8")
-    else:
-        body = document
-    aws.s3.put_object(Bucket=TRANSCRIPT_BUCKET, Key=TRANSCRIPT_KEY, Body=body)
+def put_transcript(
+    aws: Aws, document: bytes | dict[str, Any] | str = "transcribe_output.json", *, etag: str | None = None
+) -> dict[str, Any]:
+    """Store a Transcribe output document where the transcript event points; returns the PutObject response.
+
+    Its jobName (where it has one) becomes the job of the upload with `etag`, by default the upload now
+    under SOURCE_KEY, which is made first if there is none: the transcript is then about the current upload.
+    """
+    if etag is None:
+        etag = current_etag(aws.s3, INPUT_BUCKET, SOURCE_KEY) or aws.put_upload(SOURCE_KEY, SOURCE_BODY)
+    body = (EVENTS_DIR / document).read_bytes() if isinstance(document, str) else document
+    if not isinstance(body, dict):
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or "jobName" not in parsed:
+            return aws.s3.put_object(Bucket=TRANSCRIPT_BUCKET, Key=TRANSCRIPT_KEY, Body=body)
+        body = parsed
+    named = body | {"jobName": job_name(SOURCE_KEY, etag, JOB_PREFIX)} if "jobName" in body else body
+    return aws.s3.put_object(Bucket=TRANSCRIPT_BUCKET, Key=TRANSCRIPT_KEY, Body=json.dumps(named).encode("utf-8"))
+
+
+def transcript_job(aws: Aws) -> str:
+    """The jobName of the stored transcript."""
+    return aws.read_json(TRANSCRIPT_BUCKET, TRANSCRIPT_KEY)["jobName"]
 
 
 def transcript_doc(text: str, status: str = "COMPLETED") -> dict[str, Any]:
@@ -127,15 +149,18 @@ def settings() -> Settings:
         image_prefix="images/",
         error_prefix="errors/",
         endpoint_name=ENDPOINT,
+        job_name_prefix=JOB_PREFIX,
         image_parameters={"num_inference_steps": 25, "guidance_scale": 7.5, "height": 512, "width": 512},
     )
 
 
-def run_core(aws: Aws, client: Any, sleeps: list[float]) -> Any:
+def run_core(aws: Aws, client: Any, sleeps: list[float], event: dict[str, Any] | None = None, **changes: Any) -> Any:
     """generate_images with an instant, recorded sleep and a fixed jitter."""
+    from dataclasses import replace
+
     return generate_images(
-        parse_s3_event(load_event("s3_put_transcript.json")),
-        settings=settings(),
+        parse_s3_event(event or load_event("s3_put_transcript.json")),
+        settings=replace(settings(), **changes),
         s3=aws.s3,
         sagemaker=client,
         policy=RetryPolicy(max_attempts=4, base_delay_s=1.0, max_delay_s=16.0),
@@ -169,9 +194,15 @@ def test_transcript_becomes_image_metadata_and_page(
     assert metadata["source"] == {"bucket": INPUT_BUCKET, "key": SOURCE_KEY}
     assert metadata["transcript"] == EXPECTED_PROMPT
     assert metadata["transcript_source"]["key"] == TRANSCRIPT_KEY
+    assert metadata["transcript_source"]["job_name"] == transcript_job(aws)
+    # 11 words; the two punctuation items (confidence "0.0") are left out.
+    assert metadata["transcript_source"]["mean_confidence"] == pytest.approx(10.846 / 11, abs=1e-4)
     assert metadata["prompt"] == EXPECTED_PROMPT
     assert metadata["prompt_truncated"] is True
     assert metadata["transcript_truncated"] is False
+    assert metadata["notices"] == [
+        "the transcript was longer than the model reads (77 tokens): only the start was used"
+    ]
     assert metadata["parameters"]["seed"] == 7  # as returned by the endpoint
     assert metadata["nsfw_content_detected"] is False
     assert metadata["model"] == {"name": "stable-diffusion-v1-4", "endpoint_name": ENDPOINT}
@@ -185,6 +216,10 @@ def test_transcript_becomes_image_metadata_and_page(
     page = page_object["Body"].read().decode("utf-8")
     assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
     assert html.escape(EXPECTED_PROMPT) in page
+    assert (
+        '<p class="notice" role="note">Note: the transcript was longer than the model reads (77 tokens): '
+        "only the start was used</p>" in page
+    )
 
 
 def test_page_escapes_the_transcript(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
@@ -200,17 +235,59 @@ def test_page_escapes_the_transcript(aws: Aws, sagemaker: tuple[Any, Stubber]) -
     assert "Draw &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; a &quot;cat&quot;" in page
 
 
-def test_repeat_overwrites_the_same_three_objects(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
+class NoEndpoint:
+    """A sagemaker-runtime stand-in that records any call and fails it."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def invoke_endpoint(self, **params: Any) -> Any:
+        self.calls.append(params)
+        raise AssertionError("the endpoint must not be called")
+
+
+def test_repeated_event_is_a_duplicate_without_an_endpoint_call(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
     client, stubber = sagemaker
     put_transcript(aws)
     expect_call(stubber, endpoint_response(tiny_png(2, 2)))
+    first = run_core(aws, client, [])
+    aws.s3.put_object(Bucket=OUTPUT_BUCKET, Key=ERROR_KEY, Body=b"{}")  # left by a failed attempt of the repeat
+    endpoint = NoEndpoint()
+
+    second = run_core(aws, endpoint, [])
+
+    assert [r.outcome for r in first + second] == ["generated", "duplicate"]
+    assert second[0].image_key == IMAGES["png"]
+    assert endpoint.calls == []
+    assert aws.keys(OUTPUT_BUCKET) == sorted(IMAGES.values())
+    assert aws.s3.get_object(Bucket=OUTPUT_BUCKET, Key=IMAGES["png"])["Body"].read() == tiny_png(2, 2)
+
+
+def test_image_set_of_an_earlier_upload_is_replaced(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
+    client, stubber = sagemaker
+    put_transcript(aws)
+    expect_call(stubber, endpoint_response(tiny_png(2, 2)))
+    run_core(aws, client, [])
+    aws.put_upload(SOURCE_KEY, b"ID3 a new recording under the same name")
+    put_transcript(aws)  # the new upload's transcript: another job name
     expect_call(stubber, endpoint_response(tiny_png(3, 3)))
 
-    run_core(aws, client, [])
-    run_core(aws, client, [])
+    (result,) = run_core(aws, client, [])
 
-    assert aws.keys(OUTPUT_BUCKET) == sorted(IMAGES.values())
+    assert result.outcome == "generated"
+    stubber.assert_no_pending_responses()
     assert aws.s3.get_object(Bucket=OUTPUT_BUCKET, Key=IMAGES["png"])["Body"].read() == tiny_png(3, 3)
+    assert aws.read_json(OUTPUT_BUCKET, IMAGES["json"])["transcript_source"]["job_name"] == transcript_job(aws)
+
+
+@pytest.mark.parametrize("metadata", [b"not json", b'{"transcript_source": {}}', b"[]"])
+def test_unreadable_earlier_metadata_is_no_duplicate(aws: Aws, sagemaker: tuple[Any, Stubber], metadata: bytes) -> None:
+    client, stubber = sagemaker
+    put_transcript(aws)
+    aws.s3.put_object(Bucket=OUTPUT_BUCKET, Key=IMAGES["json"], Body=metadata)
+    expect_call(stubber, endpoint_response(tiny_png()))
+
+    assert run_core(aws, client, [])[0].outcome == "generated"
 
 
 def test_seed_is_derived_from_the_source_key_unless_configured() -> None:
@@ -475,5 +552,276 @@ def test_handlers_import_without_environment_or_region(tmp_path: Any) -> None:
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
     }
     # Creating a client here would raise NoRegionError; reading settings would raise SettingsError.
-    code = "import transcribe_trigger.handler, invoke_sd.handler"
+    code = "import transcribe_trigger.handler, invoke_sd.handler, transcribe_failed.handler"
     subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True, timeout=60)
+
+
+def put_old_images(aws: Aws) -> None:
+    """The image set of an earlier upload under SOURCE_KEY."""
+    for key in IMAGES.values():
+        aws.s3.put_object(Bucket=OUTPUT_BUCKET, Key=key, Body=b"earlier result")
+
+
+def test_transcript_of_a_deleted_upload_is_gone(invoke: Any, aws: Aws, lambda_context: Any) -> None:
+    put_transcript(aws)
+    aws.s3.delete_object(Bucket=INPUT_BUCKET, Key=SOURCE_KEY)
+    invoke.CLIENTS.inject(sagemaker_runtime=NoEndpoint())
+
+    result = invoke.handler(load_event("s3_put_transcript.json"), lambda_context)
+
+    assert result["results"][0]["outcome"] == "gone"
+    assert aws.keys(OUTPUT_BUCKET) == []
+
+
+def test_transcript_of_a_replaced_upload_is_superseded(invoke: Any, aws: Aws, lambda_context: Any) -> None:
+    old = aws.put_upload(SOURCE_KEY, SOURCE_BODY)
+    put_transcript(aws, etag=old)
+    aws.put_upload(SOURCE_KEY, b"ID3 a newer recording, whose own transcript event makes its result")
+    put_old_images(aws)  # e.g. already written for the newer upload
+    endpoint = NoEndpoint()
+    invoke.CLIENTS.inject(sagemaker_runtime=endpoint)
+
+    result = invoke.handler(load_event("s3_put_transcript.json"), lambda_context)
+
+    assert result["results"][0]["outcome"] == "superseded"
+    assert endpoint.calls == []
+    assert aws.keys(OUTPUT_BUCKET) == sorted(IMAGES.values())
+    assert aws.s3.get_object(Bucket=OUTPUT_BUCKET, Key=IMAGES["png"])["Body"].read() == b"earlier result"
+
+
+def test_unusable_transcript_of_a_replaced_upload_is_superseded_too(aws: Aws) -> None:
+    old = aws.put_upload(SOURCE_KEY, SOURCE_BODY)
+    put_transcript(aws, transcript_doc("", status="FAILED"), etag=old)
+    aws.put_upload(SOURCE_KEY, b"ID3 newer")
+
+    assert run_core(aws, NoEndpoint(), [])[0].outcome == "superseded"
+    assert aws.keys(OUTPUT_BUCKET) == []
+
+
+def test_a_transcript_version_that_expired_is_superseded(invoke: Any, aws: Aws, lambda_context: Any) -> None:
+    # A replay days later: the newer job's transcript replaced this version, and the old one expired.
+    aws.s3.put_bucket_versioning(Bucket=TRANSCRIPT_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    put_transcript(aws)
+    put_old_images(aws)
+    endpoint = NoEndpoint()
+    invoke.CLIENTS.inject(sagemaker_runtime=endpoint)
+    event = load_event("s3_put_transcript.json")
+    event["Records"][0]["s3"]["object"]["versionId"] = "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"
+
+    result = invoke.handler(event, lambda_context)
+
+    assert result["results"][0]["outcome"] == "superseded"
+    assert endpoint.calls == []
+    assert aws.keys(OUTPUT_BUCKET) == sorted(IMAGES.values()), "the newer upload's images stay"
+
+
+def versioned_event(version_id: str) -> dict[str, Any]:
+    event = load_event("s3_put_transcript.json")
+    event["Records"][0]["s3"]["object"]["versionId"] = version_id
+    return event
+
+
+def test_the_event_s_transcript_version_is_read(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
+    # A quick re-upload: both jobs write the same transcript key; the bucket keeps both versions.
+    aws.s3.put_bucket_versioning(Bucket=TRANSCRIPT_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    old = aws.put_upload(SOURCE_KEY, SOURCE_BODY)
+    first = put_transcript(aws, etag=old)["VersionId"]
+    new = aws.put_upload(SOURCE_KEY, b"ID3 the second take")
+    second = put_transcript(aws, transcript_doc("a red bicycle") | {"jobName": "set below"}, etag=new)["VersionId"]
+    client, stubber = sagemaker
+    expect_call(stubber, endpoint_response(tiny_png()), prompt="a red bicycle")
+
+    # Reading the latest version instead would make the first event generate the second take's image.
+    outcomes = [run_core(aws, client, [], versioned_event(v))[0].outcome for v in (first, second)]
+
+    assert outcomes == ["superseded", "generated"]
+    stubber.assert_no_pending_responses()
+    metadata = aws.read_json(OUTPUT_BUCKET, IMAGES["json"])
+    assert metadata["transcript"] == "a red bicycle"
+    assert metadata["transcript_source"]["version_id"] == second
+
+
+def test_transcript_without_job_name_skips_only_the_superseded_check(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
+    client, stubber = sagemaker
+    document = transcript_doc(EXPECTED_PROMPT)
+    del document["jobName"]
+    put_transcript(aws, document)
+    expect_call(stubber, endpoint_response(tiny_png()))
+
+    assert run_core(aws, client, [])[0].outcome == "generated"
+    assert aws.read_json(OUTPUT_BUCKET, IMAGES["json"])["transcript_source"]["job_name"] is None
+    # Without a job name there is nothing to compare: a second event is generated again, not a duplicate.
+    expect_call(stubber, endpoint_response(tiny_png()))
+    assert run_core(aws, client, [])[0].outcome == "generated"
+    aws.s3.delete_object(Bucket=INPUT_BUCKET, Key=SOURCE_KEY)
+    assert run_core(aws, NoEndpoint(), [])[0].outcome == "gone"
+
+
+def test_low_confidence_transcript_is_no_speech(invoke: Any, aws: Aws, lambda_context: Any) -> None:
+    put_transcript(aws, "transcribe_output_low_confidence.json")
+    put_old_images(aws)
+    endpoint = NoEndpoint()
+    invoke.CLIENTS.inject(sagemaker_runtime=endpoint)
+
+    result = invoke.handler(load_event("s3_put_transcript.json"), lambda_context)
+
+    assert result["results"][0]["outcome"] == "rejected"
+    assert endpoint.calls == []
+    assert aws.keys(OUTPUT_BUCKET) == [ERROR_KEY]  # the earlier upload's images went with it
+    record = aws.read_json(OUTPUT_BUCKET, ERROR_KEY)
+    assert (record["stage"], record["error"]) == ("transcript", "no-speech")
+    assert record["reason"].startswith("no speech detected")
+    assert "0.12" in record["reason"] and "MIN_TRANSCRIPT_CONFIDENCE" in record["reason"]
+    assert "record again" in record["action"]
+    details = record["details"]
+    assert details["mean_confidence"] == pytest.approx(0.12)
+    assert details["heard"] == "Uh, the hm."
+    assert (details["words"], details["min_transcript_confidence"]) == (3, 0.2)
+
+
+def test_confidence_threshold_comes_from_the_environment(
+    invoke: Any, aws: Aws, sagemaker: tuple[Any, Stubber], lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_transcript(aws, "transcribe_output_low_confidence.json")
+    monkeypatch.setenv("MIN_TRANSCRIPT_CONFIDENCE", "0.1")
+    invoke.SETTINGS.reset()
+    expect_call(sagemaker[1], endpoint_response(tiny_png()), prompt="Uh, the hm.")
+
+    result = invoke.handler(load_event("s3_put_transcript.json"), lambda_context)
+
+    assert result["results"][0]["outcome"] == "generated"
+
+
+def test_transcript_without_confidences_is_not_judged(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
+    client, stubber = sagemaker
+    document = transcript_doc(EXPECTED_PROMPT)
+    document["results"]["items"] = [
+        {"type": "pronunciation", "alternatives": [{"content": "An"}]},
+        {"type": "punctuation", "alternatives": [{"confidence": "0.0", "content": "."}]},
+    ]
+    put_transcript(aws, document)
+    expect_call(stubber, endpoint_response(tiny_png()))
+
+    assert run_core(aws, client, [])[0].outcome == "generated"
+    assert aws.read_json(OUTPUT_BUCKET, IMAGES["json"])["transcript_source"]["mean_confidence"] is None
+
+
+def test_word_confidences_are_read_from_strings() -> None:
+    transcript = parse_transcript((EVENTS_DIR / "transcribe_output_low_confidence.json").read_bytes())
+    assert transcript.mean_confidence == pytest.approx((0.1021 + 0.2113 + 0.0466) / 3)
+    assert transcript.scored_words == 3
+    odd = transcript_doc("x")
+    odd["results"]["items"] = [
+        {"type": "pronunciation", "alternatives": [{"confidence": "n/a"}]},
+        {"type": "pronunciation", "alternatives": []},
+        {"type": "pronunciation", "alternatives": [{"confidence": "0.5"}]},
+        "not an item",
+    ]
+    assert parse_transcript(json.dumps(odd).encode()).mean_confidence == 0.5
+
+
+TIMEOUT_MESSAGE = (
+    "Your invocation timed out while waiting for a response from container primary. Review the latency metrics "
+    "for each container in Amazon CloudWatch, resolve the issue, and try again."
+)
+
+
+def test_endpoint_timeout_is_not_retried_and_says_what_to_change(
+    invoke: Any, aws: Aws, sagemaker: tuple[Any, Stubber], lambda_context: Any
+) -> None:
+    _, stubber = sagemaker
+    put_transcript(aws)
+    client_error(stubber, "ModelError", 424, TIMEOUT_MESSAGE)
+
+    with pytest.raises(RecordsFailedError, match="endpoint-timeout"):
+        invoke.handler(load_event("s3_put_transcript.json"), lambda_context)
+
+    stubber.assert_no_pending_responses()  # one call: a retry would wait another 60 s for the same answer
+    record = aws.read_json(OUTPUT_BUCKET, ERROR_KEY)
+    assert (record["stage"], record["error"]) == ("generate", "endpoint-timeout")
+    assert record["reason"] == TIMEOUT_MESSAGE
+    for hint in ("60 s", "num_inference_steps", "height/width", "faster instance type"):
+        assert hint in record["action"]
+    assert record["details"]["attempts"] == 1
+
+
+def test_timeout_is_told_apart_from_other_model_errors() -> None:
+    timeout = ClientError({"Error": {"Code": "ModelError", "Message": TIMEOUT_MESSAGE}, "OriginalStatusCode": 500}, "x")
+    assert is_transient(timeout) is False
+    busy = ClientError({"Error": {"Code": "ModelError", "Message": "server error"}, "OriginalStatusCode": 500}, "x")
+    assert is_transient(busy) is True
+
+
+def test_image_write_failure_records_internal_error_and_raises(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
+    client, stubber = sagemaker
+    put_transcript(aws)
+    expect_call(stubber, endpoint_response(tiny_png()))
+    failing = FailingS3(aws.s3, "put_object", prefix=IMAGES["html"])
+
+    with pytest.raises(RecordsFailedError) as caught:
+        generate_images(
+            parse_s3_event(load_event("s3_put_transcript.json")), settings=settings(), s3=failing, sagemaker=client
+        )
+
+    assert isinstance(caught.value.__cause__, ClientError)
+    assert failing.refused == [("put_object", IMAGES["html"])]
+    # The PNG already written goes with the record: never an incomplete image set next to an error record.
+    assert aws.keys(OUTPUT_BUCKET) == [ERROR_KEY]
+    record = aws.read_json(OUTPUT_BUCKET, ERROR_KEY)
+    assert (record["stage"], record["error"]) == ("generate", "internal-error")
+    assert "AccessDenied" in record["reason"] and "PutObject" in record["reason"]
+    assert "invoke_sd" in record["action"] and "make replay" in record["action"]
+    assert record["details"]["transcript"] == {"bucket": TRANSCRIPT_BUCKET, "key": TRANSCRIPT_KEY}
+
+
+def test_failure_before_the_endpoint_call_is_recorded_at_the_transcript_stage(aws: Aws) -> None:
+    put_transcript(aws)
+    failing = FailingS3(aws.s3, "get_object", prefix="transcripts/")
+    endpoint = NoEndpoint()
+
+    with pytest.raises(RecordsFailedError, match="AccessDenied"):
+        generate_images(
+            parse_s3_event(load_event("s3_put_transcript.json")), settings=settings(), s3=failing, sagemaker=endpoint
+        )
+
+    assert endpoint.calls == []
+    record = aws.read_json(OUTPUT_BUCKET, ERROR_KEY)
+    assert (record["stage"], record["error"]) == ("transcript", "internal-error")
+
+
+def test_transcript_cut_by_max_prompt_chars_gets_a_notice(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
+    client, stubber = sagemaker
+    text = "a castle on a hill at dawn " * 10
+    put_transcript(aws, transcript_doc(text))
+    prompt, _ = make_prompt(text, 100)
+    expect_call(stubber, endpoint_response(tiny_png()), prompt=prompt)
+
+    run_core(aws, client, [], max_prompt_chars=100)
+
+    notice = (
+        "the transcript was longer than 100 characters (MAX_PROMPT_CHARS): "
+        f"only its first {len(prompt)} characters were sent to the model"
+    )
+    metadata = aws.read_json(OUTPUT_BUCKET, IMAGES["json"])
+    assert (metadata["transcript_truncated"], metadata["notices"]) == (True, [notice])
+    page = aws.s3.get_object(Bucket=OUTPUT_BUCKET, Key=IMAGES["html"])["Body"].read().decode()
+    assert f'<p class="notice" role="note">Note: {html.escape(notice)}</p>' in page
+
+
+def test_untruncated_prompt_has_no_notice(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
+    client, stubber = sagemaker
+    put_transcript(aws)
+    expect_call(stubber, endpoint_response(tiny_png()))
+
+    run_core(aws, client, [])
+
+    assert aws.read_json(OUTPUT_BUCKET, IMAGES["json"])["notices"] == []
+    page = aws.s3.get_object(Bucket=OUTPUT_BUCKET, Key=IMAGES["html"])["Body"].read().decode()
+    assert 'class="notice"' not in page
+
+
+def test_confidence_setting_is_checked(invoke: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIN_TRANSCRIPT_CONFIDENCE", "80%")
+    invoke.SETTINGS.reset()
+    with pytest.raises(SettingsError, match="MIN_TRANSCRIPT_CONFIDENCE"):
+        invoke.handler(load_event("s3_put_transcript.json"), lambda_context)

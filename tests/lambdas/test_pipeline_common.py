@@ -25,7 +25,14 @@ from pipeline_common.keys import (
     transcript_key,
     unescape_key,
 )
-from pipeline_common.settings import LazySettings, SettingsError, require
+from pipeline_common.settings import (
+    LazySettings,
+    SettingsError,
+    as_float,
+    as_job_name_prefix,
+    as_media_formats,
+    require,
+)
 from tests.lambdas.support import INPUT_BUCKET, load_event
 
 LAMBDAS = Path(__file__).resolve().parents[2] / "lambdas"
@@ -168,23 +175,35 @@ def test_keys_outside_the_transcript_layout_are_refused(key: str) -> None:
         source_key_from_transcript_key("transcripts/", key)
 
 
-def test_job_name_is_deterministic_valid_and_short_for_a_long_unicode_key() -> None:
+@pytest.mark.parametrize("prefix", ["s2i-", "", "a-much-longer.prefix_for-another-deployment-"])
+def test_job_name_is_deterministic_valid_and_short_for_a_long_unicode_key(prefix: str) -> None:
     key = "notes/" + "the plan for café Zürich " * 36 + "日本.mp3"
     assert len(key) >= 900 and len(key.encode()) <= 1024
-    name = job_name(key, "d41d8cd98f00b204e9800998ecf8427e")
-    assert name == job_name(key, '"d41d8cd98f00b204e9800998ecf8427e"')  # HeadObject quotes the ETag
-    assert JOB_NAME_RE.match(name) and len(name) <= 200
-    assert name != job_name(key, "0cc175b9c0f1b6a831c399e269772661")
+    name = job_name(key, "d41d8cd98f00b204e9800998ecf8427e", prefix)
+    assert name == job_name(key, '"d41d8cd98f00b204e9800998ecf8427e"', prefix)  # HeadObject quotes the ETag
+    assert JOB_NAME_RE.match(name) and len(name) == 200  # the stem is cut to fit, the hash kept whole
+    assert name.startswith(prefix + "the_plan_for_caf")
+    assert name != job_name(key, "0cc175b9c0f1b6a831c399e269772661", prefix)
 
 
 def test_job_name_follows_the_contract() -> None:
     import hashlib
 
     digest = hashlib.sha256(b"notes/my idea.mp3\nabc").hexdigest()[:20]
-    assert job_name("notes/my idea.mp3", "abc") == f"my_idea-{digest}"
+    assert job_name("notes/my idea.mp3", "abc", "s2i-") == f"s2i-my_idea-{digest}"
     # Keys that sanitise to the same stem still get different names.
-    assert job_name("a/take 1.mp3", "abc") != job_name("b/take 1.mp3", "abc")
-    assert JOB_NAME_RE.match(job_name("日本語.mp3", "abc"))
+    assert job_name("a/take 1.mp3", "abc", "s2i-") != job_name("b/take 1.mp3", "abc", "s2i-")
+    assert JOB_NAME_RE.match(job_name("日本語.mp3", "abc", "s2i-"))
+    assert job_name("日本語.mp3", "abc", "s2i-").startswith("s2i-audio-")
+
+
+@pytest.mark.parametrize("prefix", ["s2i/", "s2i ", "ü-", "x" * 179])
+def test_job_name_prefix_that_cannot_start_a_job_name_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="job name prefix"):
+        job_name("a.mp3", "abc", prefix)
+    with pytest.raises(SettingsError, match="JOB_NAME_PREFIX"):
+        as_job_name_prefix("JOB_NAME_PREFIX", prefix)
+    assert len(job_name("a.mp3", "abc", "x" * 178)) <= 200
 
 
 def test_output_keys_follow_the_contract() -> None:
@@ -272,9 +291,27 @@ def test_one_failing_record_does_not_stop_the_others() -> None:
 
 
 def test_media_formats_match_infra() -> None:
-    from transcribe_trigger.core import TRANSCRIBE_MEDIA_FORMATS as LAMBDA_FORMATS
+    from pipeline_common.settings import TRANSCRIBE_MEDIA_FORMATS as LAMBDA_FORMATS
 
     assert LAMBDA_FORMATS == TRANSCRIBE_MEDIA_FORMATS
+
+
+def test_media_formats_setting_is_checked() -> None:
+    assert as_media_formats("MEDIA_FORMATS", "mp3, .WAV,,flac") == ("mp3", "wav", "flac")
+    for bad in ("mp3,aiff", " , "):
+        with pytest.raises(SettingsError, match="MEDIA_FORMATS"):
+            as_media_formats("MEDIA_FORMATS", bad)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0.2", 0.2), ("0", 0.0), ("1", 1.0)])
+def test_float_setting_in_range(value: str, expected: float) -> None:
+    assert as_float("MIN_TRANSCRIPT_CONFIDENCE", value, minimum=0.0, maximum=1.0) == expected
+
+
+@pytest.mark.parametrize("value", ["high", "1.5", "-0.1", "nan"])
+def test_float_setting_out_of_range_is_named(value: str) -> None:
+    with pytest.raises(SettingsError, match="MIN_TRANSCRIPT_CONFIDENCE"):
+        as_float("MIN_TRANSCRIPT_CONFIDENCE", value, minimum=0.0, maximum=1.0)
 
 
 def test_lambda_code_imports_only_stdlib_boto3_and_pipeline_common() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,9 +16,11 @@ from pipeline_common.settings import SettingsError
 from tests.lambdas.support import (
     AUDIO_HEADERS,
     INPUT_BUCKET,
+    JOB_PREFIX,
     OUTPUT_BUCKET,
     TRANSCRIPT_BUCKET,
     Aws,
+    FailingS3,
     audio_bytes,
     load_event,
 )
@@ -41,6 +44,24 @@ def error_record(aws: Aws, source_key: str) -> dict[str, Any]:
     return aws.read_json(OUTPUT_BUCKET, f"errors/{source_key}.json")
 
 
+def with_real_etags(aws: Aws, event: dict[str, Any]) -> dict[str, Any]:
+    """Give each record of a committed event the ETag its object really has in moto's input bucket."""
+    from urllib.parse import unquote_plus
+
+    for raw in event["Records"]:
+        obj = raw["s3"]["object"]
+        obj["eTag"] = aws.s3.head_object(Bucket=INPUT_BUCKET, Key=unquote_plus(obj["key"]))["ETag"].strip('"')
+    return event
+
+
+def put_image_set(aws: Aws, source_key: str) -> list[str]:
+    """An image set left by an earlier upload under `source_key`; returns its keys."""
+    keys = [f"images/{source_key}.{suffix}" for suffix in ("png", "json", "html")]
+    for key in keys:
+        aws.s3.put_object(Bucket=OUTPUT_BUCKET, Key=key, Body=b"earlier result")
+    return keys
+
+
 @pytest.mark.parametrize(
     ("event_file", "key", "container"),
     [
@@ -55,13 +76,15 @@ def test_upload_starts_one_job_writing_to_the_contract_key(
     trigger: Any, aws: Aws, lambda_context: Any, event_file: str, key: str, container: str
 ) -> None:
     aws.put_upload(key, audio_bytes(container))
-    event = load_event(event_file)
+    event = with_real_etags(aws, load_event(event_file))
 
     result = trigger.handler(event, lambda_context)
 
     (call,) = aws.transcribe_calls
     etag = event["Records"][0]["s3"]["object"]["eTag"]
-    assert call["TranscriptionJobName"] == job_name(key, etag)
+    assert call["TranscriptionJobName"] == job_name(key, etag, JOB_PREFIX)
+    # The EventBridge rule for failed jobs matches this prefix only.
+    assert call["TranscriptionJobName"].startswith("s2i-")
     assert JOB_NAME_RE.match(call["TranscriptionJobName"])
     assert call["Media"] == {"MediaFileUri": f"s3://{INPUT_BUCKET}/{key}"}
     assert call["MediaFormat"] == container
@@ -109,7 +132,7 @@ def test_every_record_of_an_event_is_handled(trigger: Any, aws: Aws, lambda_cont
     aws.put_upload("batch/second+take.m4a", audio_bytes("m4a"))
     aws.put_upload("batch/notes.txt", b"shopping list")
 
-    result = trigger.handler(load_event("s3_put_multiple.json"), lambda_context)
+    result = trigger.handler(with_real_etags(aws, load_event("s3_put_multiple.json")), lambda_context)
 
     assert [(r["key"], r["outcome"]) for r in result["results"]] == [
         ("batch/first take.mp3", "started"),
@@ -299,7 +322,7 @@ def test_unexpected_aws_error_fails_the_event_after_the_other_records(
     trigger.CLIENTS.inject(transcribe=FailingFor(aws.transcribe, "first take.mp3"))
 
     with pytest.raises(RecordsFailedError) as caught:
-        trigger.handler(load_event("s3_put_multiple.json"), lambda_context)
+        trigger.handler(with_real_etags(aws, load_event("s3_put_multiple.json")), lambda_context)
 
     message = str(caught.value)
     assert "1 of 3 records failed" in message
@@ -307,9 +330,14 @@ def test_unexpected_aws_error_fails_the_event_after_the_other_records(
     assert isinstance(caught.value.__cause__, ClientError)
     # The records after the failure were still handled.
     assert len(aws.job_names()) == 1
-    assert aws.keys(OUTPUT_BUCKET) == ["errors/batch/notes.txt.json"]
-    # An unexpected error is retried by Lambda, not turned into an error record.
-    assert "errors/batch/first take.mp3.json" not in aws.keys(OUTPUT_BUCKET)
+    assert aws.keys(OUTPUT_BUCKET) == ["errors/batch/first take.mp3.json", "errors/batch/notes.txt.json"]
+    # The unexpected error is recorded for the user, and still raised so Lambda retries.
+    record = error_record(aws, "batch/first take.mp3")
+    assert (record["stage"], record["error"]) == ("validate", "internal-error")
+    assert "LimitExceededException" in record["reason"] and "too many jobs" in record["reason"]
+    assert "retries automatically" in record["action"] and "make replay" in record["action"]
+    assert "transcribe_trigger" in record["action"]
+    assert record["details"]["error_type"] == "ClientError"
 
 
 def test_missing_environment_variable_is_named(
@@ -342,3 +370,146 @@ def test_container_signatures_are_recognised(container: str) -> None:
 )
 def test_lookalikes_are_not_audio(head: bytes) -> None:
     assert detect_container(head + bytes(60)) is None
+
+
+@pytest.fixture
+def sniffs(aws: Aws) -> Iterator[list[dict[str, Any]]]:
+    """Every GetObject request made during the test."""
+    seen: list[dict[str, Any]] = []
+    hook = "before-parameter-build.s3.GetObject"
+    aws.s3.meta.events.register(hook, lambda params, **_: seen.append(dict(params)), unique_id="sniffs")
+    yield seen
+    aws.s3.meta.events.unregister(hook, unique_id="sniffs")
+
+
+def test_sniffing_read_is_conditional_on_the_event_etag(
+    trigger: Any, aws: Aws, lambda_context: Any, sniffs: list[dict[str, Any]]
+) -> None:
+    event = upload_event(aws, "notes/my idea.mp3", audio_bytes("mp3"))
+
+    trigger.handler(event, lambda_context)
+
+    etag = event["Records"][0]["s3"]["object"]["eTag"]
+    assert [(r["Range"], r["IfMatch"]) for r in sniffs] == [("bytes=0-63", f'"{etag}"')]
+
+
+def test_event_for_a_replaced_upload_is_superseded_and_writes_nothing(
+    trigger: Any, aws: Aws, lambda_context: Any
+) -> None:
+    key = "notes/my idea.mp3"
+    old = upload_event(aws, key, audio_bytes("mp3"))
+    new = upload_event(aws, key, audio_bytes("wav"))  # the user replaced the file before the first event ran
+    put_image_set(aws, key)
+
+    first = trigger.handler(old, lambda_context)
+    second = trigger.handler(new, lambda_context)
+
+    assert [r["outcome"] for r in first["results"] + second["results"]] == ["superseded", "started"]
+    # Only the current object got a job, and the older event touched no result.
+    (call,) = aws.transcribe_calls
+    assert call["TranscriptionJobName"] == job_name(key, new["Records"][0]["s3"]["object"]["eTag"], JOB_PREFIX)
+    assert call["MediaFormat"] == "wav"
+    assert aws.keys(OUTPUT_BUCKET) == [f"images/{key}.html", f"images/{key}.json", f"images/{key}.png"]
+
+
+def test_replaced_bad_upload_is_superseded_not_rejected(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    # Verdicts from the event's own size (empty, too large) are checked against the object now under the key.
+    key = "notes/retry.mp3"
+    empty = upload_event(aws, key, b"")
+    upload_event(aws, key, audio_bytes("mp3"))
+    images = put_image_set(aws, key)
+
+    result = trigger.handler(empty, lambda_context)
+
+    assert result["results"][0]["outcome"] == "superseded"
+    assert aws.keys(OUTPUT_BUCKET) == sorted(images)
+
+
+def test_deleted_empty_upload_is_gone_not_rejected(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    event = upload_event(aws, "notes/empty.mp3", b"")
+    aws.s3.delete_object(Bucket=INPUT_BUCKET, Key="notes/empty.mp3")
+
+    result = trigger.handler(event, lambda_context)
+
+    assert result["results"][0]["outcome"] == "gone"
+    assert aws.keys(OUTPUT_BUCKET) == []
+
+
+def test_rejection_removes_the_image_set_of_an_earlier_upload(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    key = "notes/my idea.mp3"
+    put_image_set(aws, key)
+    event = upload_event(aws, key, random.Random(3).randbytes(4096))  # replaced by something that is not audio
+
+    result = trigger.handler(event, lambda_context)
+
+    assert result["results"][0]["outcome"] == "rejected"
+    assert aws.keys(OUTPUT_BUCKET) == [f"errors/{key}.json"]
+    assert error_record(aws, key)["error"] == "not-audio"
+
+
+def test_record_is_not_written_when_the_old_images_cannot_be_removed(
+    trigger: Any, aws: Aws, lambda_context: Any
+) -> None:
+    key = "notes/my idea.mp3"
+    images = put_image_set(aws, key)
+    event = upload_event(aws, key, b"")
+    trigger.CLIENTS.inject(s3=FailingS3(aws.s3, "delete_objects"))
+
+    with pytest.raises(RecordsFailedError, match="AccessDenied"):
+        trigger.handler(event, lambda_context)
+
+    # Neither the rejection nor the internal-error record: an error record next to images would be two results.
+    assert aws.keys(OUTPUT_BUCKET) == sorted(images)
+
+
+def test_unexpected_s3_error_writes_internal_error_record_and_raises(
+    trigger: Any, aws: Aws, lambda_context: Any
+) -> None:
+    key = "notes/my idea.mp3"
+    event = upload_event(aws, key, audio_bytes("mp3"))
+    put_image_set(aws, key)
+    failing = FailingS3(aws.s3, "get_object", prefix="notes/")
+    trigger.CLIENTS.inject(s3=failing)
+
+    with pytest.raises(RecordsFailedError) as caught:
+        trigger.handler(event, lambda_context)
+
+    assert isinstance(caught.value.__cause__, ClientError)
+    assert failing.refused == [("get_object", key)]
+    assert aws.keys(OUTPUT_BUCKET) == [f"errors/{key}.json"]
+    record = error_record(aws, key)
+    assert (record["stage"], record["error"]) == ("validate", "internal-error")
+    assert record["reason"].startswith("ClientError: ") and "AccessDenied" in record["reason"]
+    assert record["details"]["etag"] == event["Records"][0]["s3"]["object"]["eTag"]
+    assert aws.transcribe_calls == []
+
+    # Lambda's retry succeeds: the job starts and the record of the failed attempt goes.
+    trigger.CLIENTS.inject(s3=aws.s3)
+    assert trigger.handler(event, lambda_context)["results"][0]["outcome"] == "started"
+    assert aws.keys(OUTPUT_BUCKET) == []
+
+
+def test_failure_to_write_the_internal_error_record_still_raises_the_original_error(
+    trigger: Any, aws: Aws, lambda_context: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    event = upload_event(aws, "notes/my idea.mp3", audio_bytes("mp3"))
+    trigger.CLIENTS.inject(transcribe=FailingFor(aws.transcribe, "my idea.mp3"), s3=FailingS3(aws.s3, "put_object"))
+
+    with pytest.raises(RecordsFailedError) as caught:
+        trigger.handler(event, lambda_context)
+
+    # The cause is StartTranscriptionJob's error, not the AccessDenied of the record write.
+    assert "LimitExceededException" in str(caught.value.__cause__)
+    assert aws.keys(OUTPUT_BUCKET) == []
+    assert any("internal-error record could not be written" in r.getMessage() for r in caplog.records)
+
+
+def test_event_from_another_bucket_is_foreign(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    event = upload_event(aws, "notes/my idea.mp3", audio_bytes("mp3"))
+    event["Records"][0]["s3"]["bucket"]["name"] = "someone-elses-bucket"
+
+    result = trigger.handler(event, lambda_context)
+
+    assert result["results"][0]["outcome"] == "foreign"
+    assert aws.transcribe_calls == []
+    assert aws.keys(OUTPUT_BUCKET) == []

@@ -1,0 +1,1 @@
+"""Lambda function: a FAILED Amazon Transcribe job becomes the upload's error record."""
