@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 SAMPLE ?= examples/astronaut-riding-a-horse.mp3
 
-.PHONY: help setup demo test lint format pytest synth cfn-lint bench bootstrap deploy-infra upload-model deploy-endpoint destroy-endpoint destroy clean
+.PHONY: help setup demo test lint format pytest synth cfn-lint bench load bootstrap deploy-infra upload-model deploy-endpoint destroy-endpoint replay destroy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench: setup ## Benchmarks (print numbers; not tests)
 	$(BIN)/python benchmarks/bench_inference.py --device cpu
 	$(BIN)/python benchmarks/bench_local.py
 
+load: setup ## Load test: 100 uploads, good and bad mixed, into local mode at once (prints a report)
+	$(BIN)/python benchmarks/load_local.py
+
 bootstrap: setup ## Prepare the account/region for CDK deployments (once; needs AWS credentials)
 	npx cdk bootstrap
 
@@ -73,6 +76,9 @@ deploy-endpoint: setup ## Deploy the GPU endpoint (after upload-model; costs mon
 
 destroy-endpoint: setup ## Remove only the GPU endpoint (stops the hourly cost, keeps the buckets)
 	npx cdk destroy --exclusively --force HuggingFaceModelEndpoint
+
+replay: setup ## Send the events in the dead-letter queues through the pipeline again (after fixing the cause)
+	$(BIN)/python -m ops.replay_dead_letters $(REPLAY_ARGS)
 
 destroy: setup ## Remove everything (buckets are emptied when removal=destroy)
 	npx cdk destroy --force --all
