@@ -45,16 +45,21 @@ class RemoteTranscriber:
 
     def transcribe_bytes(self, data: bytes, media_format: str) -> Any:
         """Recognise the speech in an upload; raises `AudioDecodeError` as the in-process version does."""
-        from local.transcriber import AudioDecodeError, Transcription, Word
+        from local.transcriber import AudioDecodeError, TranscriberCrashed, Transcription, Word
 
         header = json.dumps({"media_format": media_format}).encode("utf-8")
         with self._lock:
             stdin = self._process.stdin
             if stdin is None or self._process.poll() is not None:
-                raise RuntimeError("the speech recogniser process has exited")
-            stdin.write(struct.pack(">II", len(header), len(data)) + header + data)
-            stdin.flush()
+                raise TranscriberCrashed(f"the speech recogniser process has exited ({self._process.returncode})")
+            try:
+                stdin.write(struct.pack(">II", len(header), len(data)) + header + data)
+                stdin.flush()
+            except (BrokenPipeError, OSError) as error:
+                raise TranscriberCrashed(f"the speech recogniser process has exited: {error}") from None
             reply = self._read_reply()
+        if reply.get("error_type") == "ExitError":
+            raise TranscriberCrashed(reply.get("message", "the speech recogniser process exited"))
         if reply.get("ok"):
             fields = dict(reply["transcription"])
             fields["words"] = tuple(Word(**word) for word in fields.get("words", ()))
@@ -62,6 +67,12 @@ class RemoteTranscriber:
         if reply.get("error_type") == "AudioDecodeError":
             raise AudioDecodeError(reply.get("message", ""))
         raise RuntimeError(f"speech recognition failed: {reply.get('error_type')}: {reply.get('message')}")
+
+    def kill(self) -> None:
+        """Kill the child process at once, as a crash would (local mode's fault injection uses this)."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=5)
 
     def close(self) -> None:
         """End the child process."""

@@ -1,13 +1,16 @@
-"""Embedded AWS for local mode: moto's S3, SQS and Transcribe in this process, wired like InfraStack.
+"""Embedded AWS for local mode: moto's S3, SQS, EventBridge and Transcribe in this process, wired like InfraStack.
 
-The buckets are the roles of `infra.pipeline.BucketRole` and the notifications are built from
-`infra.pipeline.routes(config)`, the same definitions the CDK stack uses. S3 -> Lambda notifications
-need Docker in moto, so each route notifies an SQS queue instead and `local.dispatcher` invokes the
-route's handler from there with the S3 event that was delivered.
+The buckets are the roles of `infra.pipeline.BucketRole`, the notifications are built from
+`infra.pipeline.routes(config)` and the EventBridge rules from `infra.pipeline.event_routes(config)`,
+the same definitions the CDK stack uses. S3 -> Lambda and EventBridge -> Lambda need Docker in moto,
+so each route delivers to an SQS queue instead and `local.dispatcher` invokes the route's handler
+from there with the event that was delivered. Each handler also has a dead-letter queue, where the
+dispatcher puts an event after the retries, in the record shape Lambda's on-failure destination uses.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -20,7 +23,8 @@ import boto3
 from botocore.config import Config
 
 from infra.config import PipelineConfig
-from infra.pipeline import BucketRole, Handler, Route, routes
+from infra.pipeline import VERSIONED_BUCKETS, BucketRole, EventRoute, Handler, Route, event_routes, routes
+from local.faults import Faults
 
 # Obviously fake credentials: local mode must never be able to reach a real account.
 FAKE_CREDENTIALS = {
@@ -55,8 +59,13 @@ def bucket_name(role: BucketRole) -> str:
 
 
 def queue_name(handler: Handler) -> str:
-    """The SQS queue that stands in for the S3 -> Lambda notification of one handler."""
+    """The SQS queue that stands in for the S3 / EventBridge -> Lambda delivery to one handler."""
     return f"s2i-local-{handler.value.replace('_', '-')}-events"
+
+
+def dead_letter_queue_name(handler: Handler) -> str:
+    """The SQS queue that stands in for one handler's dead-letter queue (its on-failure destination)."""
+    return f"s2i-local-{handler.value.replace('_', '-')}-dlq"
 
 
 def notification_configurations(route: Route, queue_arn: str) -> list[dict[str, Any]]:
@@ -101,23 +110,31 @@ def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class QueueBinding:
-    """The queue that receives one route's S3 events."""
+    """The queue that receives one route's events (S3 notifications or EventBridge events)."""
 
-    route: Route
+    route: Route | EventRoute
     url: str
     arn: str
 
+    @property
+    def handler(self) -> Handler:
+        """The handler the route delivers to."""
+        return self.route.handler
+
 
 class EmbeddedAws:
-    """moto's server on a free loopback port, with the pipeline's buckets, queues and notifications."""
+    """moto's server on a free loopback port, with the pipeline's buckets, queues, rules and notifications."""
 
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, config: PipelineConfig, faults: Faults | None = None) -> None:
         self.config = with_local_environment(config)
+        self.faults = faults or Faults()
         self.bucket_names: dict[BucketRole, str] = {role: bucket_name(role) for role in BucketRole}
         self.queues: list[QueueBinding] = []
+        self.dead_letter_queues: dict[Handler, str] = {}
         self.endpoint_url = ""
         self._server: Any = None
         self._env: Any = None
+        self._unpatch: list[Any] = []
 
     @property
     def account(self) -> str:
@@ -160,6 +177,7 @@ class EmbeddedAws:
             from moto.server import ThreadedMotoServer
 
             self._reset_backends()
+            self._patch_s3()
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             self._server.start()
             host, port = self._server.get_host_and_port()
@@ -180,6 +198,8 @@ class EmbeddedAws:
                 self._server.stop()
                 self._server = None
             self._reset_backends()
+            while self._unpatch:
+                self._unpatch.pop()()
         finally:
             if self._env is not None:
                 self._env.__exit__(None, None, None)
@@ -209,7 +229,7 @@ class EmbeddedAws:
     def _reset_backends(self) -> None:
         from moto.backends import get_backend
 
-        for service in ("s3", "sqs", "transcribe"):
+        for service in ("s3", "sqs", "transcribe", "events"):
             backends = get_backend(service)  # type: ignore[call-overload]
             if self.account in backends:
                 backends[self.account].reset()
@@ -217,18 +237,24 @@ class EmbeddedAws:
     def _create_resources(self) -> None:
         s3 = self.client("s3")
         sqs = self.client("sqs")
-        for name in self.bucket_names.values():
+        events = self.client("events")
+        for role, name in self.bucket_names.items():
             if self.region == "us-east-1":
                 s3.create_bucket(Bucket=name)
             else:
                 s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": self.region})
+            if role in VERSIONED_BUCKETS:
+                s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+
+        def create_queue(name: str) -> tuple[str, str]:
+            url = sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": str(QUEUE_VISIBILITY_TIMEOUT_S)})[
+                "QueueUrl"
+            ]
+            return url, sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
         by_bucket: dict[BucketRole, list[dict[str, Any]]] = {}
         for route in routes(self.config):
-            url = sqs.create_queue(
-                QueueName=queue_name(route.handler),
-                Attributes={"VisibilityTimeout": str(QUEUE_VISIBILITY_TIMEOUT_S)},
-            )["QueueUrl"]
-            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            url, arn = create_queue(queue_name(route.handler))
             self.queues.append(QueueBinding(route=route, url=url, arn=arn))
             by_bucket.setdefault(route.bucket, []).extend(notification_configurations(route, arn))
         for role, configurations in by_bucket.items():
@@ -236,10 +262,57 @@ class EmbeddedAws:
                 Bucket=self.bucket_names[role],
                 NotificationConfiguration={"QueueConfigurations": configurations},
             )
+        for event_route in event_routes(self.config):
+            url, arn = create_queue(queue_name(event_route.handler))
+            self.queues.append(QueueBinding(route=event_route, url=url, arn=arn))
+            # The same pattern InfraStack's rule has: moto's EventBridge does the matching.
+            rule = f"s2i-local-{event_route.name}"
+            events.put_rule(Name=rule, EventPattern=json.dumps(event_route.pattern), State="ENABLED")
+            events.put_targets(Rule=rule, Targets=[{"Id": event_route.handler.value, "Arn": arn}])
+        for handler in Handler:
+            self.dead_letter_queues[handler] = create_queue(dead_letter_queue_name(handler))[0]
+
+    def _patch_s3(self) -> None:
+        """Complete moto's S3 events and let injected faults fail writes (undone by `stop`)."""
+        from moto.s3 import notifications
+        from moto.s3.exceptions import S3ClientError
+
+        original_event = notifications._get_s3_event
+        sequence = iter(range(1, 1 << 62))
+
+        def s3_event(event_name: str, bucket: Any, key: Any, notification_id: str) -> dict[str, Any]:
+            """moto's event plus what S3 also sends: the versionId (versioned buckets) and a sequencer."""
+            event = original_event(event_name, bucket, key, notification_id)
+            obj = event["Records"][0]["s3"]["object"]
+            version = getattr(key, "version_id", None)
+            if getattr(bucket, "is_versioned", False) and version and version != "null":
+                obj["versionId"] = version
+            # Hex that grows with every event of this process, compared as equal-length strings, as S3's does.
+            obj["sequencer"] = f"{next(sequence):016X}"
+            return event
+
+        notifications._get_s3_event = s3_event
+        self._unpatch.append(lambda: setattr(notifications, "_get_s3_event", original_event))
+
+        backend = self.backend("s3")
+        faults = self.faults
+
+        def put_object(bucket_name: str, key_name: str, *args: Any, **kwargs: Any) -> Any:
+            """PutObject, unless an injected fault denies this write."""
+            if faults.take("s3-put", bucket=bucket_name, key=key_name) is not None:
+                raise S3ClientError("AccessDenied", "Access Denied (a fault injected by local mode)")
+            return type(backend).put_object(backend, bucket_name, key_name, *args, **kwargs)
+
+        backend.put_object = put_object
+        self._unpatch.append(lambda: backend.__dict__.pop("put_object", None))
 
     def handler_for_queue_arn(self, arn: str) -> Handler:
         """The handler whose route delivers to the queue with this ARN."""
         for binding in self.queues:
             if binding.arn == arn:
-                return binding.route.handler
+                return binding.handler
         raise KeyError(arn)
+
+    def queue_for(self, handler: Handler) -> QueueBinding:
+        """The queue through which events reach `handler`."""
+        return next(binding for binding in self.queues if binding.handler is handler)

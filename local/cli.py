@@ -106,7 +106,7 @@ def main(
         return 130
 
 
-def check_files(files: Sequence[Path], suffixes: Sequence[str]) -> list[Path]:
+def check_files(files: Sequence[Path]) -> list[Path]:
     """The files to upload, in order, each once; `UsageError` for anything that cannot be uploaded."""
     chosen: dict[str, Path] = {}
     for path in files:
@@ -114,12 +114,7 @@ def check_files(files: Sequence[Path], suffixes: Sequence[str]) -> list[Path]:
             raise UsageError(f"{path}: no such file")
         if not path.is_file():
             raise UsageError(f"{path}: not a file (pass audio files, not folders)")
-        if not path.name.endswith(tuple(suffixes)):
-            accepted = ", ".join(sorted({suffix.lower() for suffix in suffixes}))
-            raise UsageError(
-                f"{path}: '{path.suffix or path.name}' is not an audio format the pipeline accepts "
-                f"(the input bucket notifies for: {accepted}); convert the recording or rename it"
-            )
+        # Any file is uploaded: as on AWS, transcribe_trigger answers a non-audio file with an error record.
         earlier = chosen.get(path.name)
         if earlier is not None and earlier.resolve() != path.resolve():
             raise UsageError(
@@ -131,7 +126,7 @@ def check_files(files: Sequence[Path], suffixes: Sequence[str]) -> list[Path]:
 
 def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr: TextIO) -> int:
     """Start (or reuse) the runtime, process every file, write the results folder and report."""
-    from local.runtime import LocalRuntime, accepted_suffixes, load_config, local_config, model_folder, tiny_model
+    from local.runtime import LocalRuntime, load_config, local_config, model_folder, tiny_model
 
     progress = ProgressPrinter(stderr, enabled=not args.quiet)
     if args.timeout <= 0:
@@ -145,7 +140,7 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
             config = load_config()
         except ConfigError as error:
             raise UsageError(f"cdk.json: {error}") from None
-        files = check_files(args.files, accepted_suffixes(config))
+        files = check_files(args.files)
         try:
             model = model_folder(args.model_dir) if args.model_dir is not None else tiny_model()
         except ValueError as error:
@@ -159,7 +154,7 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
     else:
         if args.model_dir is not None or args.size is not None or args.steps is not None:
             raise UsageError("--model-dir, --size and --steps cannot change a runtime that is already running")
-        files = check_files(args.files, accepted_suffixes(runtime.config))
+        files = check_files(args.files)
         out.mkdir(parents=True, exist_ok=True)
     if not args.quiet:
         _describe_model(runtime, stderr)
@@ -196,12 +191,13 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
                     )
         elapsed = time.perf_counter() - started
         reports = [_save(out, result) for result in results]
+        dead_letters = {handler.value: runtime.dead_letters(handler) for handler in runtime.functions}
         index = gallery.write_index(out)
     finally:
         runtime.remove_listener(progress)
         if owned:
             runtime.stop()
-    _report(args, reports, index, runtime, elapsed, stdout)
+    _report(args, reports, index, runtime, elapsed, stdout, dead_letters)
     return EXIT_OK if idle and all(report["status"] == "image" for report in reports) else EXIT_ERRORS
 
 
@@ -272,7 +268,10 @@ def _save(out: Path, result: Any) -> dict[str, Any]:
         "timings": result.timings,
         "repeat": result.repeat,
     }
+    if result.conflict:
+        report["conflict"] = "the output bucket holds both an image set and an error record for this upload"
     if result.status == "image" and result.png is not None and result.html is not None:
+        report["notices"] = list((result.metadata or {}).get("notices") or [])
         paths = gallery.save_image(out, result.key, result.png, result.metadata or {}, result.html)
         report["outputs"] = {kind: str(path) for kind, path in paths.items()}
     else:
@@ -303,12 +302,19 @@ def format_timings(timings: dict[str, float]) -> str:
 
 
 def _report(
-    args: argparse.Namespace, reports: list[dict[str, Any]], index: Path, runtime: Any, elapsed: float, stdout: TextIO
+    args: argparse.Namespace,
+    reports: list[dict[str, Any]],
+    index: Path,
+    runtime: Any,
+    elapsed: float,
+    stdout: TextIO,
+    dead_letters: dict[str, int],
 ) -> None:
     if args.json:
         document = {
             "ok": all(report["status"] == "image" for report in reports),
             "files": reports,
+            "dead_letters": dead_letters,
             "gallery": str(index),
             "startup_s": round(runtime.startup_s, 3),
             "elapsed_s": round(elapsed, 3),
@@ -337,6 +343,10 @@ def _report(
             )
         if report.get("transcript") is not None:
             print(f"  transcript: {report['transcript']!r}", file=stdout)
+        for notice in report.get("notices", []):
+            print(f"  notice: {notice}", file=stdout)
+        if report.get("conflict"):
+            print(f"  warning: {report['conflict']}", file=stdout)
         if report["status"] == "error":
             error = report["error"]
             print(f"  error ({error['stage']}, {error['error']}): {error['reason']}", file=stdout)
@@ -346,6 +356,12 @@ def _report(
         print(f"  timings: {format_timings(report['timings'])}", file=stdout)
     images = sum(report["status"] == "image" for report in reports)
     print(f"\n{images} of {len(reports)} files produced an image in {elapsed:.1f} s", file=stdout)
+    for handler, count in dead_letters.items():
+        if count:
+            print(
+                f"{count} event(s) wait in {handler}'s dead-letter queue: on AWS, fix the cause and run `make replay`",
+                file=stdout,
+            )
     print(
         f"start-up: {runtime.startup_s:.1f} s (model {runtime.endpoint.load_s:.1f} s, "
         f"speech recogniser {runtime.engine.load_s:.1f} s)",

@@ -1,9 +1,10 @@
-"""Delivers S3 notifications from the routes' queues to the routes' handlers, as S3 -> Lambda would.
+"""Delivers events from the routes' queues to the routes' handlers, as S3 / EventBridge -> Lambda would.
 
 One thread per route long-polls its queue (moto wakes a waiting ReceiveMessage the moment a message
 arrives, so there is no polling interval in the pipeline's latency), drops `s3:TestEvent`, completes
-the record fields moto leaves out, and invokes the handler with the S3 event. An unhandled error is
-retried twice, like an asynchronous Lambda invocation, then reported.
+the fields moto leaves out, and invokes the handler with the event. An unhandled error is retried
+twice, like an asynchronous Lambda invocation; then the event goes to the handler's dead-letter queue
+in the record shape of Lambda's on-failure destination, where `ops.replay_dead_letters` finds it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from infra.pipeline import Handler
@@ -42,6 +44,23 @@ class DispatchObserver(Protocol):
 def is_test_event(body: Any) -> bool:
     """The message S3 sends when a notification configuration is saved."""
     return isinstance(body, dict) and body.get("Event") == "s3:TestEvent"
+
+
+def dead_letter_record(function_arn: str, event: Any, invocation: Invocation) -> dict[str, Any]:
+    """What Lambda's on-failure destination sends after the retries: the event, and the last error."""
+    return {
+        "version": "1.0",
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "requestContext": {
+            "requestId": invocation.request_id or str(uuid.uuid4()),
+            "functionArn": f"{function_arn}:$LATEST",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": invocation.attempt,
+        },
+        "requestPayload": event,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": {key: value for key, value in (invocation.error or {}).items() if key != "stackTrace"},
+    }
 
 
 def complete_s3_event(event: dict[str, Any], sequencer: Callable[[], str]) -> dict[str, Any]:
@@ -84,7 +103,7 @@ class Dispatcher:
         """Start one polling thread per route."""
         for binding in self.aws.queues:
             thread = threading.Thread(
-                target=self._poll, args=(binding,), daemon=True, name=f"local-dispatch-{binding.route.handler.value}"
+                target=self._poll, args=(binding,), daemon=True, name=f"local-dispatch-{binding.handler.value}"
             )
             thread.start()
             self._threads.append(thread)
@@ -129,7 +148,7 @@ class Dispatcher:
                 # Counted before the message leaves the queue, so the pipeline is never seen idle in between.
                 self.activity.begin()
                 try:
-                    self._deliver(binding.route.handler, message["Body"])
+                    self._deliver(binding.handler, message["Body"])
                 finally:
                     try:
                         sqs.delete_message(QueueUrl=binding.url, ReceiptHandle=message["ReceiptHandle"])
@@ -144,7 +163,13 @@ class Dispatcher:
             return
         if is_test_event(body):
             return
-        event = complete_s3_event(body, self._sequencer)
+        if isinstance(body, dict) and "Records" in body:
+            event = complete_s3_event(body, self._sequencer)
+        else:
+            event = body
+            if isinstance(event, dict) and "detail-type" in event:
+                # moto's EventBridge leaves out the account; AWS always sends it.
+                event.setdefault("account", self.aws.account)
         function = self.functions[handler]
         for attempt in range(1, self.max_retries + 2):
             self.observer.before_invoke(handler, event)
@@ -164,3 +189,13 @@ class Dispatcher:
                 return
             if final:
                 log.error("%s failed %d times: %s", function.name, attempt, invocation.error_summary)
+                self._dead_letter(handler, function.arn, event, invocation)
+
+    def _dead_letter(self, handler: Handler, function_arn: str, event: Any, invocation: Invocation) -> None:
+        record = dead_letter_record(function_arn, event, invocation)
+        try:
+            self.aws.client("sqs").send_message(
+                QueueUrl=self.aws.dead_letter_queues[handler], MessageBody=json.dumps(record)
+            )
+        except Exception:
+            log.exception("could not send the failed event to %s's dead-letter queue", function_arn)

@@ -3,8 +3,11 @@
 Handlers reach it through `AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`, so invoke_sd's boto3 client talks to it
 exactly as it talks to SageMaker. Requests go through `sd_tools.toolkit_harness.ToolkitEndpoint`, the
 Hugging Face inference toolkit's handler service running `code/inference.py`. Errors are shaped like
-SageMaker's: an unknown endpoint is a 400 `ValidationError`, and a model's own error status becomes a
-424 `ModelError` carrying `OriginalStatusCode` and `OriginalMessage`, as SageMaker reports it.
+SageMaker's: an unknown endpoint is a 400 `ValidationError`, a model's own error status becomes a
+424 `ModelError` carrying `OriginalStatusCode` and `OriginalMessage`, and a model that takes longer
+than the 60 s real-time limit is cut off with SageMaker's "invocation timed out" `ModelError` (the
+model goes on working, as a container does). Injected faults (`local.faults`, target "endpoint")
+make it answer 503, a model error, or slowly.
 """
 
 from __future__ import annotations
@@ -19,12 +22,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from local.faults import Faults
 from local.tracking import EndpointCall
 
 INVOCATIONS_PATH = re.compile(r"^/endpoints/([^/]+)/invocations$")
 # SageMaker real-time inference limits: 6 MB payloads, 60 s per invocation.
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 REALTIME_LIMIT_S = 60.0
+# What SageMaker answers when the container has not responded within the real-time limit.
+TIMEOUT_MESSAGE = (
+    "Your invocation timed out while waiting for a response from container primary. Review the latency "
+    "metrics for each container in Amazon CloudWatch, resolve the issue, and try again."
+)
 
 
 class SageMakerRuntimeServer:
@@ -37,8 +46,13 @@ class SageMakerRuntimeServer:
         region: str,
         on_call: Callable[[EndpointCall], None] | None = None,
         on_received: Callable[[EndpointCall, dict[str, Any]], None] | None = None,
+        faults: Faults | None = None,
+        limit_s: float = REALTIME_LIMIT_S,
     ) -> None:
         self.endpoint_name = endpoint_name
+        self.faults = faults or Faults()
+        # SageMaker's real-time limit; tests shorten it rather than wait a minute.
+        self.limit_s = limit_s
         self.account = account
         self.region = region
         self.load_s = 0.0
@@ -111,12 +125,19 @@ class SageMakerRuntimeServer:
             return _error(400, "ValidationError", f"Endpoint {name} of account {self.account} not found.")
         if len(body) > MAX_PAYLOAD_BYTES:
             return _error(400, "ValidationError", f"Request payload of {len(body)} bytes is over the 6 MB limit.")
+        fault = self.faults.take("endpoint")
+        if fault is not None and fault.kind == "unavailable":
+            return _error(503, "ServiceUnavailable", "The service is unavailable (a fault injected by local mode).")
         call = EndpointCall(endpoint_name=name, received_at=time.time())
         if self._on_received is not None:
             self._on_received(call, _summary(body, content_type))
-        result = self.model.invoke(body, content_type=content_type, accept=accept)
+        result = self._run_model(body, content_type, accept, fault)
         call.finished_at = time.time()
-        call.status = result.status
+        call.status = result.status if result is not None else 0
+        if result is None:
+            if self._on_call is not None:
+                self._on_call(call)
+            return self._model_error(0, TIMEOUT_MESSAGE, "server")
         if 200 <= result.status < 300:
             try:
                 call.inference_s = float(json.loads(result.body).get("timings", {}).get("inference_s", 0.0))
@@ -128,16 +149,39 @@ class SageMakerRuntimeServer:
             headers = {"Content-Type": result.content_type, "x-Amzn-Invoked-Production-Variant": "AllTraffic"}
             return 200, headers, result.body
         original = result.body.decode("utf-8", errors="replace")
-        kind = "client" if 400 <= result.status < 500 else "server"
+        return self._model_error(result.status, original, "client" if 400 <= result.status < 500 else "server")
+
+    def _run_model(self, body: bytes, content_type: str, accept: str, fault: Any) -> Any:
+        """The model's answer, or None when it did not come within the real-time limit."""
+        from sd_tools.toolkit_harness import InvocationResult, mms_error_body
+
+        if fault is not None and fault.kind == "error":
+            status = int(fault.options.get("status", 500))
+            error_body = mms_error_body(status, "the model failed (a fault injected by local mode)")
+            return InvocationResult(status, "application/json", error_body)
+        delay = float(fault.options.get("seconds", 0.0)) if fault is not None and fault.kind == "slow" else 0.0
+        answer: list[Any] = []
+
+        def run() -> None:
+            """Invoke the model (after the injected delay); keep its answer."""
+            time.sleep(delay)
+            answer.append(self.model.invoke(body, content_type=content_type, accept=accept))
+
+        worker = threading.Thread(target=run, daemon=True, name="local-sagemaker-model")
+        worker.start()
+        worker.join(timeout=self.limit_s)
+        return answer[0] if answer else None
+
+    def _model_error(self, original_status: int, original: str, kind: str) -> tuple[int, dict[str, str], bytes]:
         message = (
-            f'Received {kind} error ({result.status}) from primary with message "{original}". '
+            f'Received {kind} error ({original_status}) from primary with message "{original}". '
             f"See {self.log_stream_arn()} in account {self.account} for more information."
         )
         status, headers, payload = _error(424, "ModelError", message)
         document = json.loads(payload)
         document.update(
             {
-                "OriginalStatusCode": result.status,
+                "OriginalStatusCode": original_status,
                 "OriginalMessage": original,
                 "LogStreamArn": self.log_stream_arn(),
                 "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",

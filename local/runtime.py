@@ -27,10 +27,11 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from infra.config import ConfigError, PipelineConfig
-from infra.pipeline import ERROR_PREFIX, IMAGE_PREFIX, BucketRole, Handler, handler_environment, routes
+from infra.pipeline import ERROR_PREFIX, IMAGE_PREFIX, BucketRole, Handler, handler_environment
 from local.aws import FAKE_CREDENTIALS, EmbeddedAws, LocalModeError, with_local_environment
 from local.dispatcher import DEFAULT_MAX_RETRIES, Dispatcher
 from local.endpoint import REALTIME_LIMIT_S, SageMakerRuntimeServer
+from local.faults import Faults
 from local.functions import Invocation, LocalFunction
 from local.tracking import Activity, EndpointCall, Progress, ProgressListener, Trace, Traces
 from local.transcribe_engine import JobRecord, TranscribeEngine
@@ -104,18 +105,20 @@ def local_config(
     return replace(config, image=image)
 
 
-def accepted_suffixes(config: PipelineConfig) -> tuple[str, ...]:
-    """The suffixes for which the input bucket notifies a handler (from the routes)."""
-    return tuple(suffix for route in routes(config) if route.bucket is BucketRole.INPUT for suffix in route.suffixes)
-
-
 @dataclass(frozen=True)
 class InvocationRecord:
-    """One handler invocation seen for an upload."""
+    """One handler invocation seen for an upload, with the event it was given."""
 
     handler: str
     invocation: Invocation
     final: bool
+    event: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def outcomes(self) -> list[str]:
+        """The per-record outcomes the handler returned (e.g. "started", "duplicate", "superseded")."""
+        results = (self.invocation.result or {}).get("results", []) if self.invocation.ok else []
+        return [str(item.get("outcome")) for item in results if isinstance(item, dict)]
 
 
 @dataclass
@@ -136,6 +139,8 @@ class UploadResult:
     handler_errors: list[str] = field(default_factory=list)
     # Set when the pipeline recognised the upload as a repeat (same key and content) and skipped it.
     repeat: bool = False
+    # Set when the output bucket holds both an image set and an error record for the key.
+    conflict: bool = False
 
 
 class LocalRuntime:
@@ -158,7 +163,8 @@ class LocalRuntime:
         self.max_retries = max_retries
         self.activity = Activity()
         self.traces = Traces()
-        self.aws = EmbeddedAws(config)
+        self.faults = Faults()
+        self.aws = EmbeddedAws(config, self.faults)
         self.engine = TranscribeEngine(
             self.aws, self.activity, transcriber_factory or self._remote_transcriber, self._emit
         )
@@ -168,6 +174,7 @@ class LocalRuntime:
             self.aws.region,
             on_call=self._endpoint_finished,
             on_received=self._endpoint_received,
+            faults=self.faults,
         )
         self.functions: dict[Handler, LocalFunction] = {}
         self.dispatcher: Dispatcher | None = None
@@ -288,10 +295,45 @@ class LocalRuntime:
     def on_job_state_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """Receive every final Transcribe job state as its EventBridge "Transcribe Job State Change" event.
 
-        The hook for routing job events (e.g. FAILED) to a handler; until a route exists, `collect`
-        reports a FAILED job itself.
+        The pipeline itself hears FAILED jobs through the EventBridge rule (transcribe_failed); this is
+        for observers.
         """
         self.engine.on_state_change(listener)
+
+    def deliver(self, handler: Handler, event: dict[str, Any]) -> None:
+        """Send an event to a handler through its queue, as S3 or EventBridge would (again, or out of order)."""
+        self._sqs.send_message(QueueUrl=self.aws.queue_for(handler).url, MessageBody=json.dumps(event))
+
+    def dead_letters(self, handler: Handler) -> int:
+        """How many failed events wait in the handler's dead-letter queue."""
+        attributes = self._sqs.get_queue_attributes(
+            QueueUrl=self.aws.dead_letter_queues[handler],
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return sum(int(value) for value in attributes.values())
+
+    def replay_dead_letters(self, handler: Handler | None = None) -> list[Any]:
+        """Send the dead-lettered events back through the pipeline (all handlers, or one): `make replay`, locally.
+
+        The same code as the AWS command (`ops.replay_dead_letters`); only "invoke" differs: the event
+        goes to the function's queue, as an asynchronous invocation would.
+        """
+        from ops.replay_dead_letters import replay_dead_letters
+
+        by_arn = {function.arn: name for name, function in self.functions.items()}
+
+        def invoke(function_arn: str, payload: dict[str, Any]) -> None:
+            """Queue the event for the local function with this ARN."""
+            target = by_arn.get(function_arn)
+            if target is None:
+                raise LookupError(f"no local function {function_arn}; known: {sorted(by_arn)}")
+            self.deliver(target, payload)
+
+        handlers = [handler] if handler is not None else list(Handler)
+        # moto answers ReceiveMessage exactly, so no wait is needed to see every message (wait_s=0).
+        return [
+            replay_dead_letters(self._sqs, self.aws.dead_letter_queues[name], invoke, wait_s=0) for name in handlers
+        ]
 
     def function_environment(self, handler: Handler) -> dict[str, str]:
         """The handler's own variables, exactly as `infra.pipeline.handler_environment` gives them."""
@@ -336,9 +378,9 @@ class LocalRuntime:
         metadata, metadata_time = self._read_json(f"{IMAGE_PREFIX}{key}.json")
         error, error_time = self._read_json(f"{ERROR_PREFIX}{key}.json")
         result = UploadResult(key=key, status="error", job=job, handler_errors=failures, repeat=_is_repeat(trace))
-        # A job this upload started that FAILED outranks an image an earlier upload of the key left behind.
-        failed_now = job is not None and job.status == "FAILED" and job.queued_at >= trace.uploaded_at
-        if metadata is not None and not failed_now and (error is None or metadata_time >= error_time):
+        # Both at once breaks the pipeline's promise of one final result per upload: say so.
+        result.conflict = metadata is not None and error is not None
+        if metadata is not None and (error is None or metadata_time >= error_time):
             result.status = "image"
             result.metadata = metadata
             result.transcript = metadata.get("transcript")
@@ -346,8 +388,8 @@ class LocalRuntime:
             result.html = self._read_bytes(f"{IMAGE_PREFIX}{key}.html")
         elif error is not None:
             result.error, result.error_origin = error, "output bucket"
-        elif job is not None and job.status == "FAILED":
-            # No handler receives Transcribe's job events yet: local mode reports the failed job itself.
+        elif job is not None and job.status == "FAILED" and not failures:
+            # transcribe_failed should have recorded this: report the job, and that its record is missing.
             result.error, result.error_origin = (
                 self._local_error(
                     key,
@@ -364,7 +406,9 @@ class LocalRuntime:
             result.error, result.error_origin = (
                 self._local_error(
                     key,
-                    "validate" if handler == Handler.TRANSCRIBE_TRIGGER.value else "generate",
+                    {Handler.TRANSCRIBE_TRIGGER.value: "validate", Handler.TRANSCRIBE_FAILED.value: "transcribe"}.get(
+                        handler, "generate"
+                    ),
                     "handler-error",
                     "; ".join(failures),
                     f"see the handler's log {self._log_path(handler)} and fix the cause",
@@ -402,7 +446,9 @@ class LocalRuntime:
         sources = self._sources(event)
         if sources:
             self._current[handler] = sources[0]
-        stage = "trigger" if handler is Handler.TRANSCRIBE_TRIGGER else "invoke"
+        stage = {Handler.TRANSCRIBE_TRIGGER: "trigger", Handler.TRANSCRIBE_FAILED: "record-failure"}.get(
+            handler, "invoke"
+        )
         for key in sources:
             self._emit(Progress(key, stage, f"{self.functions[handler].name} invoked"))
 
@@ -410,7 +456,7 @@ class LocalRuntime:
         """Record the invocation in the upload's trace and report failures."""
         self._current.pop(handler, None)
         for key in self._sources(event):
-            self.traces.get(key).invocations.append(InvocationRecord(handler.value, invocation, final))
+            self.traces.get(key).invocations.append(InvocationRecord(handler.value, invocation, final, event))
             if not invocation.ok:
                 retry = "" if final else f"; retrying ({invocation.attempt}/{self.max_retries})"
                 self._emit(
@@ -480,6 +526,11 @@ class LocalRuntime:
     def _sources(self, event: dict[str, Any]) -> list[str]:
         """The uploads (input keys) an event is about."""
         input_bucket = self.aws.bucket_names[BucketRole.INPUT]
+        detail = event.get("detail")
+        if isinstance(detail, dict):
+            # A Transcribe job state change: the job knows its media.
+            job = self.engine.jobs.get(str(detail.get("TranscriptionJobName", "")))
+            return [job.source_key] if job is not None else []
         keys = []
         for record in event.get("Records", []):
             s3 = record.get("s3", {})
@@ -598,7 +649,6 @@ __all__ = [
     "LocalRuntime",
     "ModelChoice",
     "UploadResult",
-    "accepted_suffixes",
     "load_config",
     "local_config",
     "model_folder",

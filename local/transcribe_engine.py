@@ -4,9 +4,10 @@ moto tracks a job's state but writes no transcript. This engine hooks moto's in-
 backend: every job a handler starts is queued here, its media is read from the embedded S3 (the job's
 MediaFileUri), `local.transcriber.Transcriber` recognises the speech, the Transcribe output JSON is
 written to the job's OutputBucketName/OutputKey (whose S3 notification triggers the next handler, as on
-AWS), and the job ends COMPLETED, or FAILED with a FailureReason. Every final state is also published
-as the EventBridge "Transcribe Job State Change" event to `on_state_change` listeners: the hook point
-for routing job events to a handler.
+AWS), and the job ends COMPLETED, or FAILED with a FailureReason. Every final state is published as
+the EventBridge "Transcribe Job State Change" event on the embedded EventBridge, whose rule (the same
+pattern as InfraStack's) delivers FAILED jobs to transcribe_failed; `on_state_change` listeners get
+it too. If the recogniser's process dies mid-job, a fresh one is started and the job tried once more.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from botocore.exceptions import ClientError
 
 from local.aws import EmbeddedAws
 from local.tracking import Activity, Progress
+from local.transcriber import TranscriberCrashed
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,9 @@ class TranscribeEngine:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._s3: Any = None
+        self._events: Any = None
         self._lock = threading.Lock()
+        self.restarts = 0
 
     def on_state_change(self, listener: JobStateListener) -> None:
         """Call `listener` with the EventBridge "Transcribe Job State Change" event of every final state."""
@@ -166,6 +170,7 @@ class TranscribeEngine:
 
         self._job_class = _job_class()
         self._s3 = self.aws.client("s3")
+        self._events = self.aws.client("events")
         backend = self.aws.backend("transcribe")
         backend.transcriptions = _HookedJobs(backend.transcriptions, self._accept)
         self._thread = threading.Thread(target=self._work, daemon=True, name="local-transcribe")
@@ -283,7 +288,15 @@ class TranscribeEngine:
                 )
             )
         try:
-            transcription = self._transcriber.transcribe_bytes(data, media_format)
+            transcription = self._recognise(record, data, media_format)
+        except TranscriberCrashed as error:
+            self._finish(
+                record,
+                job,
+                "FAILED",
+                f"Internal failure: the speech recogniser crashed twice while transcribing this file ({error}).",
+            )
+            return
         except AudioDecodeError as error:
             self._finish(
                 record,
@@ -310,12 +323,15 @@ class TranscribeEngine:
                 {"transcript": record.transcript, "decode_s": record.decode_s, "asr_s": record.asr_s},
             )
         )
+        body = json.dumps(document).encode("utf-8")
+        if self.aws.faults.take("transcript", key=record.output_key) is not None:
+            body = body[: len(body) // 2]  # cut off mid-document, as a broken writer would leave it
         started = time.perf_counter()
         try:
             self._s3.put_object(
                 Bucket=record.output_bucket,
                 Key=record.output_key,
-                Body=json.dumps(document).encode("utf-8"),
+                Body=body,
                 ContentType="application/json",
             )
         except ClientError as error:
@@ -333,6 +349,38 @@ class TranscribeEngine:
             "TranscriptFileUri": f"https://s3.{self.aws.region}.amazonaws.com/{record.output_bucket}/{record.output_key}"
         }
         self._finish(record, job, "COMPLETED", "")
+
+    def _recognise(self, record: JobRecord, data: bytes, media_format: str) -> Any:
+        """Run the recogniser; if its process dies, start a fresh one and try once more (a second crash raises)."""
+        try:
+            return self._recognise_once(record, data, media_format)
+        except TranscriberCrashed as error:
+            log.error("job %s: the recogniser crashed: %s", record.name, error)
+            self.progress(Progress(record.source_key, "transcribe", "the speech recogniser crashed; restarting it"))
+            self._restart_transcriber()
+        try:
+            return self._recognise_once(record, data, media_format)
+        except TranscriberCrashed:
+            self._restart_transcriber()  # for the jobs after this one
+            raise
+
+    def _recognise_once(self, record: JobRecord, data: bytes, media_format: str) -> Any:
+        if self.aws.faults.take("transcriber", key=record.source_key) is not None:
+            kill = getattr(self._transcriber, "kill", None)
+            if kill is None:
+                raise TranscriberCrashed("a crash injected by local mode")
+            kill()
+        return self._transcriber.transcribe_bytes(data, media_format)
+
+    def _restart_transcriber(self) -> None:
+        close = getattr(self._transcriber, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("closing the crashed recogniser failed")
+        self._transcriber = self._transcriber_factory()
+        self.restarts += 1
 
     def _finish(self, record: JobRecord, job: Any, status: str, reason: str) -> None:
         record.status = status
@@ -354,6 +402,20 @@ class TranscribeEngine:
             "resources": [],
             "detail": {"TranscriptionJobName": record.name, "TranscriptionJobStatus": status},
         }
+        try:
+            # As Transcribe does on AWS: EventBridge's rule decides which handler (if any) hears about it.
+            self._events.put_events(
+                Entries=[
+                    {
+                        "Source": event["source"],
+                        "DetailType": event["detail-type"],
+                        "Detail": json.dumps(event["detail"]),
+                        "Resources": [],
+                    }
+                ]
+            )
+        except Exception:
+            log.exception("publishing the job state change of %s failed", record.name)
         for listener in list(self._listeners):
             try:
                 listener(event)

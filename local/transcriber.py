@@ -64,6 +64,10 @@ class AudioDecodeError(ValueError):
     """The upload cannot be turned into audio samples; the message says why and what to do."""
 
 
+class TranscriberCrashed(RuntimeError):
+    """The recogniser died in the middle of a job (its process exited); a fresh one can be started."""
+
+
 @dataclass(frozen=True)
 class Word:
     """One recognised word: times in seconds from the start of the audio, confidence in [0, 1]."""

@@ -120,7 +120,8 @@ cat >"$FIXTURES/readme.txt" <<'TXT'
 Audio fixtures for the speech-to-image tests.
 
 Speech recordings are synthesised from text with Festival's cmu_us_slt_arctic_hts voice;
-manifest.json lists each file's spoken text and the keywords the tests expect.
+manifest.json lists each file's spoken text and the keywords the tests expect;
+long-description.mp3 (25 s) says more than Stable Diffusion reads (77 tokens).
 silence.mp3, noise.mp3 and noise-bursts.mp3 hold no speech. not-audio.mp3 (random bytes)
 and empty.mp3 (0 bytes) cannot be decoded. This file itself stands for an upload that is
 not audio at all.

@@ -175,9 +175,9 @@ def test_audio_that_cannot_be_decoded_ends_as_a_failed_transcription_job(runtime
     assert item["error"]["stage"] == "transcribe"
     assert item["error"]["error"] == "transcription-failed"
     assert "couldn't be decoded" in item["error"]["reason"]
-    assert item["error"]["recorded_by"] == "local mode (transcribe job)"
+    assert item["error"]["recorded_by"] == "output bucket", "transcribe_failed wrote it, through the EventBridge rule"
     record = json.loads((tmp_path / "out" / "truncated.mp3.error.json").read_text(encoding="utf-8"))
-    assert record["details"]["job_status"] == "FAILED"
+    assert record["details"]["job_name"].startswith("s2i-")
     assert [event["detail"]["TranscriptionJobStatus"] for event in events] == ["FAILED"]
 
 

@@ -165,10 +165,10 @@ def test_environment_variable_names_are_the_same(template: dict[str, Any], runti
 
 
 def test_a_one_sided_change_is_caught(template: dict[str, Any], runtime: LocalRuntime, config: PipelineConfig) -> None:
-    """The comparison itself can fail: drop one suffix on the local side and it must say so."""
-    bucket = runtime.bucket_names[BucketRole.INPUT]
+    """The comparison itself can fail: drop one filtered notification on the local side and it must say so."""
+    bucket = runtime.bucket_names[BucketRole.TRANSCRIPTS]
     s3 = runtime.aws.client("s3")
-    original = runtime.read_notification_configuration(BucketRole.INPUT)
+    original = runtime.read_notification_configuration(BucketRole.TRANSCRIPTS)
     dropped = original["QueueConfigurations"][0]
     changed = {"QueueConfigurations": original["QueueConfigurations"][1:]}
     s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=changed)
@@ -178,7 +178,7 @@ def test_a_one_sided_change_is_caught(template: dict[str, Any], runtime: LocalRu
         s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=original)
     suffix = dict(_rules(dropped))["suffix"]
     assert differences == [
-        f"deployed only: {(BucketRole.INPUT, Handler.TRANSCRIBE_TRIGGER, ('s3:ObjectCreated:*',), _rules(dropped))}"
+        f"deployed only: {(BucketRole.TRANSCRIPTS, Handler.INVOKE_SD, ('s3:ObjectCreated:*',), _rules(dropped))}"
     ]
     assert suffix in differences[0]
 

@@ -15,7 +15,7 @@ from urllib.parse import unquote_plus, urlparse
 import pytest
 from botocore.exceptions import ClientError
 
-from infra.pipeline import BucketRole, Handler, handler_environment, media_suffixes, routes
+from infra.pipeline import BucketRole, Handler, event_routes, handler_environment, routes
 from local.aws import FAKE_CREDENTIALS, LocalModeError
 from local.runtime import LocalRuntime, load_config
 from tests.local.runtime_support import AUDIO, write_probe_lambdas
@@ -72,17 +72,86 @@ def test_buckets_and_notifications_follow_the_routes(runtime: LocalRuntime) -> N
     for route in routes(config):
         configured = runtime.read_notification_configuration(route.bucket)["QueueConfigurations"]
         filters = {
-            tuple(sorted((rule["Name"].lower(), rule["Value"]) for rule in item["Filter"]["Key"]["FilterRules"]))
+            tuple(
+                sorted(
+                    (rule["Name"].lower(), rule["Value"])
+                    for rule in item.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+                )
+            )
             for item in configured
             if runtime.aws.handler_for_queue_arn(item["QueueArn"]) is route.handler
         }
         expected = {
-            tuple(sorted([("suffix", suffix)] + ([("prefix", route.prefix)] if route.prefix else [])))
-            for suffix in route.suffixes
+            tuple(
+                sorted(([("suffix", suffix)] if suffix else []) + ([("prefix", route.prefix)] if route.prefix else []))
+            )
+            for suffix in route.suffixes or (None,)
         }
         assert filters == expected
     output = runtime.read_notification_configuration(BucketRole.OUTPUT)
     assert not output.get("QueueConfigurations"), "results must never re-trigger the pipeline"
+
+
+def test_transcribe_job_events_follow_the_event_routes(runtime: LocalRuntime) -> None:
+    events = runtime.aws.client("events")
+    for route in event_routes(runtime.config):
+        rule = events.describe_rule(Name=f"s2i-local-{route.name}")
+        assert json.loads(rule["EventPattern"]) == route.pattern
+        [target] = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+        assert runtime.aws.handler_for_queue_arn(target["Arn"]) is route.handler
+
+
+def test_only_failed_jobs_of_the_pipeline_reach_transcribe_failed(runtime: LocalRuntime) -> None:
+    events = runtime.aws.client("events")
+    for name, status in [("s2i-probe-failed", "FAILED"), ("s2i-probe-done", "COMPLETED"), ("other-app", "FAILED")]:
+        events.put_events(
+            Entries=[
+                {
+                    "Source": "aws.transcribe",
+                    "DetailType": "Transcribe Job State Change",
+                    "Detail": json.dumps({"TranscriptionJobName": name, "TranscriptionJobStatus": status}),
+                }
+            ]
+        )
+    assert runtime.wait_until_idle(30)
+    delivered = [
+        probe["event"]["detail"]["TranscriptionJobName"]
+        for probe in _probes(runtime, Handler.TRANSCRIBE_FAILED)
+        if "detail" in probe["event"]
+    ]
+    assert delivered == ["s2i-probe-failed"]
+    [probe] = [p for p in _probes(runtime, Handler.TRANSCRIBE_FAILED) if "detail" in p["event"]]
+    assert probe["event"]["detail-type"] == "Transcribe Job State Change"
+    assert probe["event"]["account"] == runtime.aws.account
+
+
+def test_an_event_that_keeps_failing_lands_in_the_dead_letter_queue_and_replays(runtime: LocalRuntime) -> None:
+    key = "dead-letter-fail.mp3"
+    before = runtime.dead_letters(Handler.TRANSCRIBE_TRIGGER)
+    _upload_bytes(runtime, key, b"ID3 probe")
+    assert runtime.wait_until_idle(60)
+    assert runtime.dead_letters(Handler.TRANSCRIBE_TRIGGER) == before + 1
+    sqs = runtime.aws.client("sqs")
+    messages = sqs.receive_message(
+        QueueUrl=runtime.aws.dead_letter_queues[Handler.TRANSCRIBE_TRIGGER], MaxNumberOfMessages=10, VisibilityTimeout=0
+    )["Messages"]
+    [record] = [
+        json.loads(message["Body"])
+        for message in messages
+        if key in json.loads(message["Body"])["requestPayload"]["Records"][0]["s3"]["object"]["key"]
+    ]
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["functionArn"] == runtime.functions[Handler.TRANSCRIBE_TRIGGER].arn + ":$LATEST"
+    assert record["requestContext"]["approximateInvokeCount"] == 1 + runtime.max_retries
+    assert unquote_plus(record["requestPayload"]["Records"][0]["s3"]["object"]["key"]) == key
+    assert "probe asked to fail" in record["responsePayload"]["errorMessage"]
+
+    [report] = runtime.replay_dead_letters(Handler.TRANSCRIBE_TRIGGER)
+    assert runtime.wait_until_idle(60)
+    assert len(report.replayed) == before + 1
+    # The probe still fails: the replayed event is retried and returns to the queue, nothing is lost.
+    assert len(_events_for(runtime, Handler.TRANSCRIBE_TRIGGER, key)) == 2 * (1 + runtime.max_retries)
+    assert runtime.dead_letters(Handler.TRANSCRIBE_TRIGGER) == before + 1
 
 
 def test_the_s3_event_arrives_as_s3_sends_it(runtime: LocalRuntime) -> None:
@@ -133,14 +202,23 @@ def test_each_handler_runs_with_exactly_its_environment(runtime: LocalRuntime) -
     assert context["aws_request_id"]
 
 
-def test_suffix_filters_decide_what_triggers(runtime: LocalRuntime) -> None:
-    accepted = media_suffixes(runtime.config)
-    assert ".MP3" in accepted
-    _upload_bytes(runtime, "SHOUTING.MP3", b"ID3 probe")
-    _upload_bytes(runtime, "notes.txt", b"not a recording")
+def test_every_upload_reaches_the_trigger_whatever_its_name(runtime: LocalRuntime) -> None:
+    # The trigger, not a suffix filter, decides what is audio: nothing uploaded goes unanswered.
+    for key in ("SHOUTING.MP3", "Mixed.Mp3", "notes.txt"):
+        _upload_bytes(runtime, key, b"ID3 probe")
     assert runtime.wait_until_idle(30)
-    assert len(_events_for(runtime, Handler.TRANSCRIBE_TRIGGER, "SHOUTING.MP3")) == 1
-    assert _events_for(runtime, Handler.TRANSCRIBE_TRIGGER, "notes.txt") == []
+    for key in ("SHOUTING.MP3", "Mixed.Mp3", "notes.txt"):
+        assert len(_events_for(runtime, Handler.TRANSCRIBE_TRIGGER, key)) == 1, key
+    output = runtime.bucket_names[BucketRole.OUTPUT]
+    _upload_bytes(runtime, "ignored.mp3", b"not the input bucket")
+    runtime.aws.client("s3").put_object(Bucket=output, Key="images/x.mp3.json", Body=b"{}")
+    assert runtime.wait_until_idle(30)
+    assert not any(
+        unquote_plus(record["s3"]["object"]["key"]) == "images/x.mp3.json"
+        for handler in Handler
+        for probe in _probes(runtime, handler)
+        for record in probe["event"].get("Records", [])
+    ), "results never trigger anything"
 
 
 def test_an_unhandled_error_is_retried_twice_then_reported(runtime: LocalRuntime) -> None:

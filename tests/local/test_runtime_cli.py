@@ -28,13 +28,6 @@ def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists(), "nothing starts or is written for a usage error"
 
 
-def test_a_file_the_pipeline_does_not_accept_is_a_usage_error(tmp_path: Path) -> None:
-    code, _, stderr = run("run", str(AUDIO / "readme.txt"), "--out", str(tmp_path / "out"))
-    assert code == EXIT_USAGE
-    assert "readme.txt" in stderr and ".txt" in stderr
-    assert ".mp3" in stderr and ".wav" in stderr, "the message lists what is accepted"
-
-
 def test_a_folder_is_a_usage_error(tmp_path: Path) -> None:
     code, _, stderr = run("run", str(AUDIO), "--out", str(tmp_path / "out"))
     assert code == EXIT_USAGE

@@ -1,0 +1,367 @@
+"""Nothing lost: every upload ends as exactly one final result, whatever fails in between.
+
+The real handlers run against local mode's stand-ins, and `runtime.faults` makes a stand-in fail the way
+its AWS service can: the endpoint down (503) and then back, a model error (500), an answer slower than
+SageMaker's real-time limit, the recogniser crashing mid-job, a malformed transcript, an S3 write
+failure. Events are also delivered twice and out of order. Each test checks the output bucket itself:
+exactly one of the image set or `errors/<key>.json` per upload, and nothing left behind in a
+dead-letter queue unless the test expects it there (and then replays it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.pipeline import ERROR_PREFIX, IMAGE_PREFIX, BucketRole, Handler
+from local.runtime import LocalRuntime, UploadResult, load_config, local_config, tiny_model
+from tests.local.runtime_support import AUDIO, MANIFEST
+
+pytestmark = pytest.mark.slow
+
+IMAGE_SIZE = 64
+STEPS = 2
+# Small enough to test the size limit with a 1.2 MB file; every fixture is far below it.
+MAX_MEDIA_MB = 1
+SPEECH = AUDIO / "red-apple.mp3"
+# An ID3 header passes transcribe_trigger's container sniffing; the decoder then finds no audio.
+UNDECODABLE = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 8
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
+    """The whole local pipeline with the real handlers, started once for the module."""
+    model = tiny_model()
+    config = replace(local_config(load_config(), model, size=IMAGE_SIZE, steps=STEPS), max_media_mb=MAX_MEDIA_MB)
+    runtime = LocalRuntime(config, model, log_dir=tmp_path_factory.mktemp("logs"))
+    runtime.start()
+    yield runtime
+    runtime.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_faults_left(runtime: LocalRuntime) -> Iterator[None]:
+    """Every test starts and ends with working stand-ins and empty dead-letter queues."""
+    yield
+    runtime.faults.clear()
+    runtime.endpoint.limit_s = 60.0
+    runtime.wait_until_idle(timeout_s=120)
+    for handler in Handler:
+        runtime.replay_dead_letters(handler)  # drain whatever a failing test left
+    runtime.wait_until_idle(timeout_s=120)
+
+
+def results_for(runtime: LocalRuntime, key: str) -> dict[str, bool]:
+    """Which final results the output bucket holds for an upload."""
+    s3 = runtime.aws.client("s3")
+    bucket = runtime.bucket_names[BucketRole.OUTPUT]
+    stored = {
+        item["Key"]
+        for prefix in (f"{IMAGE_PREFIX}{key}", f"{ERROR_PREFIX}{key}")
+        for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    }
+    return {
+        "image": {f"{IMAGE_PREFIX}{key}{suffix}" for suffix in (".png", ".json", ".html")} <= stored,
+        "any_image_part": any(k.startswith(f"{IMAGE_PREFIX}{key}.") for k in stored),
+        "error": f"{ERROR_PREFIX}{key}.json" in stored,
+    }
+
+
+def run_one(runtime: LocalRuntime, path: Path | bytes, key: str, tmp_path: Path) -> UploadResult:
+    """Upload one recording (a file, or bytes) under `key`, wait for the pipeline to settle, collect it."""
+    if isinstance(path, bytes):
+        file = tmp_path / "upload.bin"
+        file.write_bytes(path)
+        path = file
+    runtime.upload(path, key=key)
+    assert runtime.wait_until_idle(timeout_s=300), "the pipeline did not settle"
+    return runtime.collect(key)
+
+
+def assert_image(runtime: LocalRuntime, result: UploadResult) -> None:
+    """Exactly one final result, and it is the image set."""
+    assert result.status == "image", result.error
+    assert results_for(runtime, result.key) == {"image": True, "any_image_part": True, "error": False}
+
+
+def assert_error(runtime: LocalRuntime, result: UploadResult, stage: str, code: str) -> dict[str, Any]:
+    """Exactly one final result, and it is an error record the handlers wrote, with a reason and an action."""
+    assert result.status == "error"
+    assert result.error_origin == "output bucket", f"no handler recorded it: {result.error}"
+    assert results_for(runtime, result.key) == {"image": False, "any_image_part": False, "error": True}
+    error = result.error or {}
+    assert (error["stage"], error["error"]) == (stage, code), error
+    assert error["reason"] and error["action"]
+    assert error["source"] == {"bucket": runtime.bucket_names[BucketRole.INPUT], "key": result.key}
+    return error
+
+
+def outcomes(result_or_trace: Any, handler: Handler) -> list[str]:
+    """Every per-record outcome a handler reported for an upload, in order."""
+    trace = result_or_trace
+    return [outcome for item in trace.invocations_of(handler.value) for outcome in item.outcomes]
+
+
+# -- 4. faults ------------------------------------------------------------------------------------
+
+
+def test_endpoint_down_then_back_is_retried_and_nothing_is_lost(runtime: LocalRuntime, tmp_path: Path) -> None:
+    fault = runtime.faults.inject("endpoint", "unavailable", times=2)
+
+    result = run_one(runtime, SPEECH, "outage/short.mp3", tmp_path)
+
+    assert fault.fired == 2
+    assert_image(runtime, result)
+    invocations = runtime.traces.get(result.key).invocations_of(Handler.INVOKE_SD.value)
+    assert [item.invocation.ok for item in invocations] == [True], "invoke_sd's own retries rode out the outage"
+    assert result.metadata is not None and result.metadata["timings"]["endpoint_attempts"] == 3
+    assert runtime.dead_letters(Handler.INVOKE_SD) == 0
+
+
+def test_endpoint_500_until_fixed_ends_in_the_dead_letter_queue_and_replays(
+    runtime: LocalRuntime, tmp_path: Path
+) -> None:
+    runtime.faults.inject("endpoint", "error", times=None, status=500)
+
+    failed = run_one(runtime, SPEECH, "outage/model error.mp3", tmp_path)
+
+    error = assert_error(runtime, failed, "generate", "endpoint-unavailable")
+    assert "500" in error["reason"]
+    assert "make replay" in error["action"] or "dead-letter" in error["action"]
+    invocations = runtime.traces.get(failed.key).invocations_of(Handler.INVOKE_SD.value)
+    assert [item.invocation.ok for item in invocations] == [False, False, False], "Lambda's two retries"
+    assert runtime.dead_letters(Handler.INVOKE_SD) == 1
+
+    runtime.faults.clear("endpoint")  # the cause is fixed
+    [report] = runtime.replay_dead_letters(Handler.INVOKE_SD)
+    assert runtime.wait_until_idle(timeout_s=120)
+
+    assert len(report.replayed) == 1 and report.ok
+    assert_image(runtime, runtime.collect(failed.key))
+    assert runtime.dead_letters(Handler.INVOKE_SD) == 0
+
+
+def test_an_endpoint_slower_than_the_realtime_limit_ends_as_a_timeout_error(
+    runtime: LocalRuntime, tmp_path: Path
+) -> None:
+    runtime.endpoint.limit_s = 1.0  # SageMaker's 60 s, scaled down
+    runtime.faults.inject("endpoint", "slow", times=None, seconds=2.0)
+
+    result = run_one(runtime, SPEECH, "slow/too slow.mp3", tmp_path)
+
+    error = assert_error(runtime, result, "generate", "endpoint-timeout")
+    assert "timed out" in error["reason"]
+    assert runtime.dead_letters(Handler.INVOKE_SD) == 1, "kept for a replay once the endpoint is faster"
+
+
+def test_a_recogniser_crash_mid_job_is_survived(runtime: LocalRuntime, tmp_path: Path) -> None:
+    restarts = runtime.engine.restarts
+    runtime.faults.inject("transcriber", "crash", times=1)
+
+    result = run_one(runtime, SPEECH, "crash/once.mp3", tmp_path)
+
+    assert runtime.engine.restarts == restarts + 1
+    assert_image(runtime, result)
+    assert set(MANIFEST["speech"]["red-apple.mp3"]["keywords"]) <= set((result.transcript or "").split())
+
+
+def test_a_recogniser_that_keeps_crashing_fails_the_job_with_a_clear_error(
+    runtime: LocalRuntime, tmp_path: Path
+) -> None:
+    runtime.faults.inject("transcriber", "crash", times=2)
+
+    result = run_one(runtime, SPEECH, "crash/twice.mp3", tmp_path)
+
+    error = assert_error(runtime, result, "transcribe", "transcription-failed")
+    assert "crashed" in error["reason"]
+    assert outcomes(runtime.traces.get(result.key), Handler.TRANSCRIBE_FAILED) == ["recorded"]
+    # The engine started a fresh recogniser: the next upload is transcribed.
+    assert_image(runtime, run_one(runtime, SPEECH, "crash/after.mp3", tmp_path))
+
+
+def test_a_failed_transcription_job_ends_as_an_error_record(runtime: LocalRuntime, tmp_path: Path) -> None:
+    result = run_one(runtime, UNDECODABLE, "broken/truncated.mp3", tmp_path)
+
+    error = assert_error(runtime, result, "transcribe", "transcription-failed")
+    assert "couldn't be decoded" in error["reason"]
+    assert error["details"]["job_name"] == result.job.name if result.job else False
+
+
+def test_a_malformed_transcript_ends_as_an_error_record(runtime: LocalRuntime, tmp_path: Path) -> None:
+    runtime.faults.inject("transcript", "malformed", times=1)
+
+    result = run_one(runtime, SPEECH, "malformed/transcript.mp3", tmp_path)
+
+    assert_error(runtime, result, "transcript", "transcript-unreadable")
+
+
+def test_an_s3_write_failure_is_recorded_and_replayed_once_fixed(runtime: LocalRuntime, tmp_path: Path) -> None:
+    key = "s3/write failure.mp3"
+    output = runtime.bucket_names[BucketRole.OUTPUT]
+    runtime.faults.inject("s3-put", "denied", times=None, bucket=output, prefix=f"{IMAGE_PREFIX}{key}")
+
+    failed = run_one(runtime, SPEECH, key, tmp_path)
+
+    error = assert_error(runtime, failed, "generate", "internal-error")
+    assert "AccessDenied" in error["reason"]
+    assert runtime.dead_letters(Handler.INVOKE_SD) == 1
+
+    runtime.faults.clear("s3-put")
+    runtime.replay_dead_letters(Handler.INVOKE_SD)
+    assert runtime.wait_until_idle(timeout_s=120)
+
+    assert_image(runtime, runtime.collect(key))
+
+
+def test_the_same_events_delivered_twice_change_nothing(runtime: LocalRuntime, tmp_path: Path) -> None:
+    first = run_one(runtime, SPEECH, "twice/delivered.mp3", tmp_path)
+    assert_image(runtime, first)
+    trace = runtime.traces.get(first.key)
+    events = {
+        handler: trace.invocations_of(handler.value)[0].event
+        for handler in (Handler.TRANSCRIBE_TRIGGER, Handler.INVOKE_SD)
+    }
+    png = first.png
+
+    for handler, event in events.items():
+        runtime.deliver(handler, event)
+    assert runtime.wait_until_idle(timeout_s=120)
+
+    assert outcomes(trace, Handler.TRANSCRIBE_TRIGGER) == ["started", "duplicate"]
+    assert outcomes(trace, Handler.INVOKE_SD) == ["generated", "duplicate"]
+    assert len(trace.endpoint_calls) == 1, "a repeated event costs no second generation"
+    again = runtime.collect(first.key)
+    assert_image(runtime, again)
+    assert again.png == png
+
+
+def test_events_out_of_order_never_let_an_older_upload_win(runtime: LocalRuntime, tmp_path: Path) -> None:
+    key = "order/same name.mp3"
+    old = run_one(runtime, SPEECH, key, tmp_path)
+    assert_image(runtime, old)
+    old_trace = runtime.traces.get(key)
+    old_events = {
+        handler: old_trace.invocations_of(handler.value)[0].event
+        for handler in (Handler.TRANSCRIBE_TRIGGER, Handler.INVOKE_SD)
+    }
+    new = run_one(runtime, AUDIO / "castle at sunset.mp3", key, tmp_path)
+    assert_image(runtime, new)
+    assert "castle" in (new.transcript or "")
+
+    # The older upload's events arrive late: after the newer upload's result exists.
+    for handler, event in old_events.items():
+        runtime.deliver(handler, event)
+    assert runtime.wait_until_idle(timeout_s=120)
+
+    new_trace = runtime.traces.get(key)
+    assert outcomes(new_trace, Handler.TRANSCRIBE_TRIGGER)[-1] == "superseded"
+    assert outcomes(new_trace, Handler.INVOKE_SD)[-1] == "superseded"
+    latest = runtime.collect(key)
+    assert_image(runtime, latest)
+    assert latest.transcript == new.transcript and latest.png == new.png
+
+
+def test_a_late_failure_of_an_older_job_does_not_replace_a_newer_image(runtime: LocalRuntime, tmp_path: Path) -> None:
+    key = "order/failed then fixed.mp3"
+    broken = run_one(runtime, UNDECODABLE, key, tmp_path)
+    assert_error(runtime, broken, "transcribe", "transcription-failed")
+    failure_event = runtime.traces.get(key).invocations_of(Handler.TRANSCRIBE_FAILED.value)[0].event
+    fixed = run_one(runtime, SPEECH, key, tmp_path)
+    assert_image(runtime, fixed)
+
+    runtime.deliver(Handler.TRANSCRIBE_FAILED, failure_event)
+    assert runtime.wait_until_idle(timeout_s=120)
+
+    assert outcomes(runtime.traces.get(key), Handler.TRANSCRIBE_FAILED)[-1] == "superseded"
+    assert_image(runtime, runtime.collect(key))
+
+
+# -- 5. bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fixture", "stage", "code"),
+    [
+        ("empty.mp3", "validate", "empty-file"),
+        ("not-audio.mp3", "validate", "not-audio"),
+        ("readme.txt", "validate", "unsupported-format"),
+        ("silence.mp3", "transcript", "no-speech"),
+        ("noise.mp3", "transcript", "no-speech"),
+        ("noise-bursts.mp3", "transcript", "no-speech"),
+    ],
+)
+def test_bad_input_ends_as_a_clear_error_and_the_upload_stays(
+    runtime: LocalRuntime, tmp_path: Path, fixture: str, stage: str, code: str
+) -> None:
+    key = f"bad/{fixture}"
+    result = run_one(runtime, AUDIO / fixture, key, tmp_path)
+
+    error = assert_error(runtime, result, stage, code)
+    if code == "no-speech":
+        assert "no speech detected" in error["reason"]
+    s3 = runtime.aws.client("s3")
+    kept = s3.head_object(Bucket=runtime.bucket_names[BucketRole.INPUT], Key=key)
+    assert kept["ContentLength"] == (AUDIO / fixture).stat().st_size, "the upload is never deleted"
+
+
+def test_a_file_over_the_size_limit_is_refused_before_transcription(runtime: LocalRuntime, tmp_path: Path) -> None:
+    big = tmp_path / "big.mp3"
+    data = SPEECH.read_bytes()
+    big.write_bytes(data * (int(1.2 * 2**20) // len(data) + 1))
+
+    result = run_one(runtime, big, "bad/big.mp3", tmp_path)
+
+    error = assert_error(runtime, result, "validate", "too-large")
+    assert str(MAX_MEDIA_MB * 2**20) in error["reason"]
+    assert result.job is None, "no Transcribe job was started"
+
+
+def test_very_long_speech_is_truncated_with_a_notice(runtime: LocalRuntime, tmp_path: Path) -> None:
+    result = run_one(runtime, AUDIO / "long-description.mp3", "long/description.mp3", tmp_path)
+
+    assert_image(runtime, result)
+    metadata = result.metadata or {}
+    assert metadata["prompt_truncated"] is True
+    assert metadata["notices"], "the metadata says the prompt was cut"
+    assert "77" in metadata["notices"][0]
+    assert metadata["notices"][0] in (result.html or b"").decode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "my voice note.mp3",
+        "a+b plus sign.mp3",
+        "café ünïcödé 日本.mp3",
+        "deep/er/and/deeper/prefix/note.mp3",
+        "mixed Case.MP3",
+    ],
+)
+def test_awkward_keys_end_as_images_under_their_own_names(runtime: LocalRuntime, tmp_path: Path, key: str) -> None:
+    result = run_one(runtime, SPEECH, f"keys/{key}", tmp_path)
+
+    assert_image(runtime, result)
+    assert (result.metadata or {})["source"]["key"] == f"keys/{key}"
+
+
+def test_the_cli_reports_notices_and_dead_letters(runtime: LocalRuntime, tmp_path: Path) -> None:
+    from tests.local.test_e2e import run_cli
+
+    runtime.faults.inject("endpoint", "error", times=None, status=500)
+    long_copy = tmp_path / "long talk.mp3"
+    shutil.copyfile(AUDIO / "long-description.mp3", long_copy)
+    code, report = run_cli(runtime, tmp_path / "out", SPEECH)
+    runtime.faults.clear()
+    code_long, report_long = run_cli(runtime, tmp_path / "out", long_copy)
+
+    assert code == 1
+    assert report["dead_letters"][Handler.INVOKE_SD.value] == 1
+    assert report["files"][0]["error"]["error"] == "endpoint-unavailable"
+    assert code_long == 0
+    assert report_long["files"][0]["notices"], json.dumps(report_long)
