@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -331,8 +332,11 @@ def dead_letter_queue_urls(cloudformation: Any, stack_name: str) -> dict[str, st
 
 
 def _session(region: str | None) -> Any:
-    """The boto3 session the command uses (tests replace it)."""
-    return boto3.Session(region_name=region)
+    """The boto3 session the command uses (tests replace it).
+
+    botocore reads AWS_DEFAULT_REGION but not AWS_REGION, which the CDK and this README use: honour both.
+    """
+    return boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None)
 
 
 def _positive(text: str) -> int:

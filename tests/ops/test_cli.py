@@ -372,6 +372,18 @@ def test_main_without_region(no_aws_configuration: None, capsys: pytest.CaptureF
     assert "pass --region" in capsys.readouterr().err
 
 
+def test_main_takes_the_region_from_aws_region(
+    no_aws_configuration: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The README exports AWS_REGION (as the CDK wants); botocore alone reads only AWS_DEFAULT_REGION.
+    monkeypatch.setenv("AWS_REGION", REGION)
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "pass --region" not in err
+    assert "no AWS credentials" in err
+
+
 def test_main_unknown_profile(
     no_aws_configuration: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
