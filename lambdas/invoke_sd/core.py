@@ -21,7 +21,7 @@ from botocore.exceptions import HTTPClientError, IncompleteReadError
 
 from pipeline_common.aws_errors import error_code, error_message, http_status, is_not_found
 from pipeline_common.batch import process_each
-from pipeline_common.error_records import record_internal_error, remove_error_record, utc_now, write_error_record
+from pipeline_common.error_records import ResultStore, utc_now
 from pipeline_common.events import S3Record
 from pipeline_common.keys import image_keys, source_key_from_transcript_key
 from pipeline_common.settings import (
@@ -526,13 +526,8 @@ def generate_image(
         # Its own error record (endpoint-*) is written; re-raised so Lambda retries and the DLQ sees it.
         raise
     except Exception as error:
-        record_internal_error(
-            s3,
-            bucket=settings.output_bucket,
-            prefix=settings.error_prefix,
-            image_prefix=settings.image_prefix,
-            source_bucket=settings.input_bucket,
-            source_key=source_key,
+        ResultStore.of(s3, settings).record_internal_error(
+            source_key,
             stage=stage.name,
             failure=error,
             function=FUNCTION,
@@ -563,14 +558,11 @@ def _generate(
     context = {**record.log_context(), "source_key": source_key, "endpoint_name": settings.endpoint_name}
     keys = image_keys(settings.image_prefix, source_key)
 
+    store = ResultStore.of(s3, settings)
+
     def record_error(stage_name: str, code: str, reason: str, action: str, **details: Any) -> str:
-        return write_error_record(
-            s3,
-            bucket=settings.output_bucket,
-            prefix=settings.error_prefix,
-            image_prefix=settings.image_prefix,
-            source_bucket=settings.input_bucket,
-            source_key=source_key,
+        return store.write_error(
+            source_key,
             stage=stage_name,
             error=code,
             reason=reason,
@@ -624,9 +616,7 @@ def _generate(
     ):
         # S3 delivered this transcript's event again: its image set is already there, so no second endpoint call.
         # An error record next to it can only be left from a failed attempt of the same job.
-        remove_error_record(
-            s3, bucket=settings.output_bucket, error_prefix=settings.error_prefix, source_key=source_key
-        )
+        store.remove_error_record(source_key)
         logger.info("image set for this job already exists; repeated event skipped", extra={**context, "job_name": job})
         return Result(source_key, "duplicate", image_key=keys.png)
 
@@ -735,7 +725,7 @@ def _generate(
         ContentType="application/json",
     )
     # One upload, one final result: an earlier failed attempt may have left an error record.
-    remove_error_record(s3, bucket=settings.output_bucket, error_prefix=settings.error_prefix, source_key=source_key)
+    store.remove_error_record(source_key)
     logger.info("image written", extra={**context, "image_key": keys.png})
     return Result(source_key, "generated", image_key=keys.png)
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pipeline_common.error_records import record_internal_error, write_error_record
+from pipeline_common.error_records import ResultStore
 from pipeline_common.events import EventError
 from pipeline_common.settings import as_job_name_prefix, as_media_formats, require
 from pipeline_common.uploads import staleness
@@ -175,6 +175,7 @@ def handle_job_state_change(event: Any, *, settings: Settings, s3: Any, transcri
         return Result(change.job_name, "foreign")
     bucket, key = location
     context |= {"bucket": bucket, "key": key}
+    store = ResultStore.of(s3, settings)
 
     try:
         skipped = staleness(s3, bucket=bucket, key=key, job=change.job_name, prefix=settings.job_name_prefix)
@@ -189,13 +190,8 @@ def handle_job_state_change(event: Any, *, settings: Settings, s3: Any, transcri
             "media_format": job.get("MediaFormat"),
             "language_code": job.get("LanguageCode"),
         }
-        error_key = write_error_record(
-            s3,
-            bucket=settings.output_bucket,
-            prefix=settings.error_prefix,
-            image_prefix=settings.image_prefix,
-            source_bucket=bucket,
-            source_key=key,
+        error_key = store.write_error(
+            key,
             stage=STAGE,
             error=ERROR,
             reason=reason,
@@ -203,13 +199,8 @@ def handle_job_state_change(event: Any, *, settings: Settings, s3: Any, transcri
             details={name: value for name, value in details.items() if value},
         )
     except Exception as error:
-        record_internal_error(
-            s3,
-            bucket=settings.output_bucket,
-            prefix=settings.error_prefix,
-            image_prefix=settings.image_prefix,
-            source_bucket=bucket,
-            source_key=key,
+        store.record_internal_error(
+            key,
             stage=STAGE,
             failure=error,
             function=FUNCTION,

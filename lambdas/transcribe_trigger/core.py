@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pipeline_common.aws_errors import error_code, is_not_found, is_precondition_failed
 from pipeline_common.batch import process_each
-from pipeline_common.error_records import record_internal_error, remove_error_record, write_error_record
+from pipeline_common.error_records import ResultStore
 from pipeline_common.events import S3Record
 from pipeline_common.keys import KeyMappingError, job_name, normalise_etag, transcript_key
 from pipeline_common.settings import (
@@ -176,13 +176,8 @@ def start_transcription(record: S3Record, *, settings: Settings, s3: Any, transc
             )
             return Result(record.bucket, record.key, skipped.outcome)
         except _Rejected as rejected:
-            key = write_error_record(
-                s3,
-                bucket=settings.output_bucket,
-                prefix=settings.error_prefix,
-                image_prefix=settings.image_prefix,
-                source_bucket=record.bucket,
-                source_key=record.key,
+            key = ResultStore.of(s3, settings).write_error(
+                record.key,
                 stage="validate",
                 error=rejected.error,
                 reason=rejected.reason,
@@ -191,13 +186,8 @@ def start_transcription(record: S3Record, *, settings: Settings, s3: Any, transc
             )
             return Result(record.bucket, record.key, "rejected", error_key=key)
     except Exception as error:
-        record_internal_error(
-            s3,
-            bucket=settings.output_bucket,
-            prefix=settings.error_prefix,
-            image_prefix=settings.image_prefix,
-            source_bucket=record.bucket,
-            source_key=record.key,
+        ResultStore.of(s3, settings).record_internal_error(
+            record.key,
             stage="validate",
             failure=error,
             function=FUNCTION,
@@ -293,7 +283,7 @@ def _start(record: S3Record, settings: Settings, s3: Any, transcribe: Any) -> Re
         raise
     # The job's own result (image set or error record) follows; an error record left by a failed earlier
     # attempt, or by an earlier upload under this key, would only contradict it until then.
-    remove_error_record(s3, bucket=settings.output_bucket, error_prefix=settings.error_prefix, source_key=record.key)
+    ResultStore.of(s3, settings).remove_error_record(record.key)
     logger.info("transcription job started", extra=context)
     return Result(record.bucket, record.key, "started", job_name=name, transcript_key=output_key)
 

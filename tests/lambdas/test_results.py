@@ -6,12 +6,7 @@ from typing import Any
 
 import pytest
 
-from pipeline_common.error_records import (
-    ImageSetNotRemovedError,
-    record_internal_error,
-    remove_error_record,
-    write_error_record,
-)
+from pipeline_common.error_records import ImageSetNotRemovedError, ResultStore
 from pipeline_common.keys import job_name
 from pipeline_common.uploads import current_etag, staleness
 from tests.lambdas.support import INPUT_BUCKET, JOB_PREFIX, OUTPUT_BUCKET, Aws, FailingS3
@@ -20,19 +15,13 @@ KEY = "notes/my idea.mp3"
 IMAGES = [f"images/{KEY}.html", f"images/{KEY}.json", f"images/{KEY}.png"]
 
 
+def store(s3: Any) -> ResultStore:
+    return ResultStore(s3, INPUT_BUCKET, OUTPUT_BUCKET, "images/", "errors/")
+
+
 def write(s3: Any, source_key: str = KEY, **overrides: Any) -> str:
-    arguments = {
-        "bucket": OUTPUT_BUCKET,
-        "prefix": "errors/",
-        "image_prefix": "images/",
-        "source_bucket": INPUT_BUCKET,
-        "source_key": source_key,
-        "stage": "validate",
-        "error": "not-audio",
-        "reason": "r",
-        "action": "a",
-    } | overrides
-    return write_error_record(s3, **arguments)
+    arguments = {"stage": "validate", "error": "not-audio", "reason": "r", "action": "a"} | overrides
+    return store(s3).write_error(source_key, **arguments)
 
 
 def put_images(aws: Aws, source_key: str = KEY) -> None:
@@ -103,19 +92,14 @@ def test_key_too_long_for_images_needs_no_delete(aws: Aws) -> None:
 
 def test_remove_error_record_is_idempotent(aws: Aws) -> None:
     write(aws.s3)
-    remove_error_record(aws.s3, bucket=OUTPUT_BUCKET, error_prefix="errors/", source_key=KEY)
-    remove_error_record(aws.s3, bucket=OUTPUT_BUCKET, error_prefix="errors/", source_key=KEY)
+    store(aws.s3).remove_error_record(KEY)
+    store(aws.s3).remove_error_record(KEY)
     assert aws.keys(OUTPUT_BUCKET) == []
 
 
 def internal(s3: Any, failure: BaseException) -> str | None:
-    return record_internal_error(
-        s3,
-        bucket=OUTPUT_BUCKET,
-        prefix="errors/",
-        image_prefix="images/",
-        source_bucket=INPUT_BUCKET,
-        source_key=KEY,
+    return store(s3).record_internal_error(
+        KEY,
         stage="generate",
         failure=failure,
         function="invoke_sd",
