@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from aws_cdk import Duration, RemovalPolicy, Stack
@@ -15,7 +16,7 @@ from constructs import Construct
 
 from infra.config import LOG_RETENTION_DAYS, PipelineConfig
 from infra.nag import acknowledge, render_intrinsic
-from infra.pipeline import Handler
+from infra.pipeline import BucketRole, Handler, handler_environment
 
 LAMBDAS_DIR = Path(__file__).resolve().parents[2] / "lambdas"
 RUNTIME = lambda_.Runtime.PYTHON_3_14
@@ -43,7 +44,7 @@ class StageFunction(Construct):
         *,
         handler: Handler,
         config: PipelineConfig,
-        environment: dict[str, str],
+        bucket_names: Mapping[BucketRole, str],
         timeout: Duration,
         memory_mb: int,
         description: str,
@@ -84,7 +85,8 @@ class StageFunction(Construct):
             ),
             handler=handler.entry_point,
             description=description,
-            environment=environment,
+            # Exactly what local mode gives the handler too: one definition in infra/pipeline.py.
+            environment=handler_environment(handler, config, bucket_names),
             timeout=timeout,
             memory_size=memory_mb,
             role=self.role,

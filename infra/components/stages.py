@@ -15,7 +15,6 @@ from infra.pipeline import (
     TRANSCRIPT_PREFIX,
     BucketRole,
     Handler,
-    handler_environment,
 )
 
 _KEYS_FROM_UPLOADS = (
@@ -48,7 +47,7 @@ class TranscribeTrigger(Construct):
             "Stage",
             handler=Handler.TRANSCRIBE_TRIGGER,
             config=config,
-            environment=handler_environment(Handler.TRANSCRIBE_TRIGGER, config, buckets.names),
+            bucket_names=buckets.names,
             # One StartTranscriptionJob call and a 64-byte ranged read per record.
             timeout=Duration.seconds(60),
             memory_mb=256,
@@ -96,7 +95,7 @@ class ImageGenerator(Construct):
             "Stage",
             handler=Handler.INVOKE_SD,
             config=config,
-            environment=handler_environment(Handler.INVOKE_SD, config, buckets.names),
+            bucket_names=buckets.names,
             # Up to 4 endpoint attempts of at most 70 s read + 10 s connect each, plus backoff.
             timeout=Duration.minutes(6),
             memory_mb=512,
@@ -146,7 +145,7 @@ class TranscribeFailureRecorder(Construct):
             "Stage",
             handler=Handler.TRANSCRIBE_FAILED,
             config=config,
-            environment=handler_environment(Handler.TRANSCRIBE_FAILED, config, buckets.names),
+            bucket_names=buckets.names,
             # One GetTranscriptionJob, one ListObjectsV2 and a few small S3 writes per event.
             timeout=Duration.seconds(60),
             memory_mb=256,
