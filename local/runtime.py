@@ -624,9 +624,8 @@ class LocalRuntime:
 def _is_repeat(trace: Trace) -> bool:
     """True when transcribe_trigger reported this upload as a repeat of one it already started."""
     for record in trace.invocations_of(Handler.TRANSCRIBE_TRIGGER.value):
-        result = record.invocation.result
-        outcomes = [item.get("outcome") for item in (result or {}).get("results", []) if isinstance(item, dict)]
-        if record.invocation.ok and outcomes and all(outcome == "duplicate" for outcome in outcomes):
+        outcomes = record.outcomes  # empty for a failed invocation
+        if outcomes and all(outcome == "duplicate" for outcome in outcomes):
             return True
     return False
 
