@@ -98,8 +98,15 @@ class PipelineConfig:
     language_code: str = "en-US"
     language_options: tuple[str, ...] = ("en-US", "en-GB", "de-DE", "fr-FR", "es-US")
     image: ImageParameters = field(default_factory=ImageParameters)
-    # None leaves invoke_sd unreserved (new accounts have only 10 concurrent executions).
-    invoke_sd_concurrency: int | None = 2
+    # The most invoke_sd functions its queue's event source mapping runs at once (MaximumConcurrency,
+    # 2..1000): the endpoint's GPUs are the bottleneck, more parallel calls would only queue there.
+    # No reserved concurrency: new accounts have only 10 executions and a reservation fails the deploy.
+    invoke_sd_concurrency: int = 2
+    # The same bound for transcribe_trigger: a burst of uploads waits in its queue instead of running into
+    # Amazon Transcribe's request rate and concurrent-job quota.
+    transcribe_trigger_concurrency: int = 5
+    # An upload whose ledger stage has not moved for this long gets a `stuck` error record (the sweeper).
+    stuck_after_minutes: int = 180
     # A transcript whose mean word confidence is below this is treated as "no speech detected":
     # Amazon Transcribe gives clear speech 0.9 and more; recognisers guessing at noise score far lower.
     min_transcript_confidence: float = 0.2
@@ -184,8 +191,16 @@ class PipelineConfig:
             language_code=_language(get("languageCode"), default.language_code),
             language_options=_languages(get("languageOptions"), default.language_options),
             image=image,
-            invoke_sd_concurrency=_optional_int(
-                get("invokeSdConcurrency"), "invokeSdConcurrency", default.invoke_sd_concurrency, 1, 1000
+            invoke_sd_concurrency=_concurrency(
+                get("invokeSdConcurrency"), "invokeSdConcurrency", default.invoke_sd_concurrency
+            ),
+            transcribe_trigger_concurrency=_concurrency(
+                get("transcribeTriggerConcurrency"),
+                "transcribeTriggerConcurrency",
+                default.transcribe_trigger_concurrency,
+            ),
+            stuck_after_minutes=_int(
+                get("stuckAfterMinutes"), "stuckAfterMinutes", default.stuck_after_minutes, 15, 7 * 24 * 60
             ),
             min_transcript_confidence=_float(
                 get("minTranscriptConfidence"), "minTranscriptConfidence", default.min_transcript_confidence, 0.0, 1.0
@@ -237,6 +252,16 @@ def _optional_int(value: Any, key: str, default: int | None, low: int, high: int
     if _missing(value):
         return default
     return _int(value, key, 0, low, high)
+
+
+def _concurrency(value: Any, key: str, default: int) -> int:
+    # SQS event source mappings accept MaximumConcurrency 2..1000; the old "none" (no reservation) is gone.
+    if isinstance(value, str) and value.lower() in ("none", "null", "off"):
+        raise ConfigError(
+            f"context '{key}'={value!r} is no longer needed: the function reads a queue and reserves no "
+            f"concurrency, so it deploys on any account; give a number 2..1000 (cdk -c {key}=2)"
+        )
+    return _int(value, key, default, 2, 1000)
 
 
 def _float(value: Any, key: str, default: float, low: float, high: float) -> float:

@@ -23,6 +23,19 @@ ERROR_PREFIX = "errors/"
 # Every Transcribe job the pipeline starts is named `s2i-...`: the EventBridge rule matches only
 # these, so other applications' jobs in the account never invoke transcribe_failed.
 JOB_NAME_PREFIX = "s2i-"
+# CloudWatch namespace of the handlers' EMF metrics (outcomes, error codes, stage times) and the dashboard.
+METRICS_NAMESPACE = "SpeechToImage"
+
+# The upload ledger (DynamoDB): one item per input key, `lambdas/pipeline_common/ledger.py` owns its protocol.
+# Partition key: the upload's key in the input bucket. Items of uploads still in flight carry LEDGER_PENDING
+# (a constant), so the sparse index LEDGER_PENDING_INDEX (partition LEDGER_PENDING, sort LEDGER_UPDATED_AT,
+# an ISO-8601 UTC string) lists exactly the uploads the sweeper must watch, oldest first.
+LEDGER_PARTITION_KEY = "upload_key"
+LEDGER_PENDING = "pending"
+LEDGER_UPDATED_AT = "updated_at"
+LEDGER_PENDING_INDEX = "pending-by-age"
+# The sweeper runs this often and gives every upload stuck past `stuck_after_minutes` an error record.
+SWEEP_INTERVAL_MINUTES = 10
 
 
 class BucketRole(StrEnum):
@@ -40,6 +53,7 @@ class Handler(StrEnum):
     TRANSCRIBE_TRIGGER = "transcribe_trigger"
     INVOKE_SD = "invoke_sd"
     TRANSCRIBE_FAILED = "transcribe_failed"
+    SWEEPER = "sweeper"
 
     @property
     def entry_point(self) -> str:
@@ -48,18 +62,33 @@ class Handler(StrEnum):
 
 
 @dataclass(frozen=True)
+class QueueSettings:
+    """How a route's SQS queue feeds its handler (an event source mapping with partial batch responses)."""
+
+    # Messages per invocation; the handler reports the failed ones (ReportBatchItemFailures).
+    batch_size: int
+    # MaximumConcurrency of the event source mapping (SQS allows 2..1000).
+    max_concurrency: int
+    # Receives before SQS moves a message to the dead-letter queue (AWS recommends at least 5).
+    max_receive_count: int
+
+
+@dataclass(frozen=True)
 class Route:
-    """An S3 object-created notification from a bucket to a handler."""
+    """An S3 object-created notification from a bucket to a handler, buffered by an SQS queue."""
 
     bucket: BucketRole
     handler: Handler
     prefix: str
     suffixes: tuple[str, ...]
+    queue: QueueSettings
 
 
-# Two jobs for the same key (a quick re-upload) write the same transcript key: versioning keeps each
-# job's transcript, and invoke_sd reads the exact version its S3 event names.
-VERSIONED_BUCKETS = frozenset({BucketRole.TRANSCRIPTS})
+# Input: an upload's identity is its version id, so re-uploading earlier bytes under a key is a new upload
+# (a new Transcribe job), and every handler can read exactly the upload its event is about.
+# Transcripts: two jobs for the same key (a quick re-upload) write the same transcript key: versioning
+# keeps each job's transcript, and invoke_sd reads the exact version its S3 event names.
+VERSIONED_BUCKETS = frozenset({BucketRole.INPUT, BucketRole.TRANSCRIPTS})
 
 
 @dataclass(frozen=True)
@@ -79,8 +108,23 @@ def routes(config: PipelineConfig) -> tuple[Route, ...]:
     unsupported file with an error record (`mediaFormats` is enforced there).
     """
     return (
-        Route(BucketRole.INPUT, Handler.TRANSCRIBE_TRIGGER, "", ()),
-        Route(BucketRole.TRANSCRIPTS, Handler.INVOKE_SD, TRANSCRIPT_PREFIX, (".json",)),
+        # Ten uploads per invocation: each is a ranged read and one StartTranscriptionJob. Throttled starts
+        # (LimitExceeded) go back to the queue, so allow more receives than AWS's minimum.
+        Route(
+            BucketRole.INPUT,
+            Handler.TRANSCRIBE_TRIGGER,
+            "",
+            (),
+            QueueSettings(batch_size=10, max_concurrency=config.transcribe_trigger_concurrency, max_receive_count=10),
+        ),
+        # One transcript per invocation: each holds the GPU for seconds, and a batch would share one timeout.
+        Route(
+            BucketRole.TRANSCRIPTS,
+            Handler.INVOKE_SD,
+            TRANSCRIPT_PREFIX,
+            (".json",),
+            QueueSettings(batch_size=1, max_concurrency=config.invoke_sd_concurrency, max_receive_count=5),
+        ),
     )
 
 
@@ -102,14 +146,18 @@ def event_routes(config: PipelineConfig) -> tuple[EventRoute, ...]:
     )
 
 
-def handler_environment(handler: Handler, config: PipelineConfig, buckets: Mapping[BucketRole, str]) -> dict[str, str]:
-    """The environment variables a handler runs with, given the real bucket names."""
+def handler_environment(
+    handler: Handler, config: PipelineConfig, buckets: Mapping[BucketRole, str], ledger_table: str
+) -> dict[str, str]:
+    """The environment variables a handler runs with, given the real bucket and ledger table names."""
     common = {
         "INPUT_BUCKET": buckets[BucketRole.INPUT],
         "OUTPUT_BUCKET": buckets[BucketRole.OUTPUT],
         "IMAGE_PREFIX": IMAGE_PREFIX,
         "ERROR_PREFIX": ERROR_PREFIX,
         "JOB_NAME_PREFIX": JOB_NAME_PREFIX,
+        "LEDGER_TABLE": ledger_table,
+        "METRICS_NAMESPACE": METRICS_NAMESPACE,
     }
     if handler is Handler.TRANSCRIBE_TRIGGER:
         return common | {
@@ -122,6 +170,11 @@ def handler_environment(handler: Handler, config: PipelineConfig, buckets: Mappi
         }
     if handler is Handler.TRANSCRIBE_FAILED:
         return common | {"MEDIA_FORMATS": ",".join(config.media_formats)}
+    if handler is Handler.SWEEPER:
+        return common | {
+            "LEDGER_PENDING_INDEX": LEDGER_PENDING_INDEX,
+            "STUCK_AFTER_MINUTES": str(config.stuck_after_minutes),
+        }
     return common | {
         "TRANSCRIPT_PREFIX": TRANSCRIPT_PREFIX,
         "ENDPOINT_NAME": config.endpoint_name,
