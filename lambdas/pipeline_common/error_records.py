@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pipeline_common.keys import KeyMappingError, error_key, image_keys
+from pipeline_common.keys import ImageKeys, KeyMappingError, error_key, image_keys
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("validate", "transcribe", "transcript", "generate")
 INTERNAL_ERROR = "internal-error"
-# Enough to name the failure; a whole traceback belongs in the logs, not in a user-facing record.
-MAX_INTERNAL_REASON_CHARS = 1000
+# Enough to say what went wrong; a whole traceback belongs in the logs, not in a user-facing record.
+MAX_REASON_CHARS = 1000
+# What a reason must never show a user: role and resource ARNs, account ids (they go to the logs only).
+_ARN = re.compile(r"arn:aws[a-z-]*:[a-z0-9-]*:[a-z0-9-]*:\d{12}:[^\s\"',;)]+")
+_ACCOUNT_ID = re.compile(r"(?<!\d)\d{12}(?!\d)")
 
 
 class ImageSetNotRemovedError(RuntimeError):
@@ -28,6 +32,12 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def redact(text: str) -> str:
+    """`text` without ARNs and account ids, cut to MAX_REASON_CHARS: fit for a user-facing record."""
+    text = _ACCOUNT_ID.sub("<account>", _ARN.sub("<arn>", text))
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+
+
 def build_error_record(
     *,
     source_bucket: str,
@@ -37,9 +47,10 @@ def build_error_record(
     reason: str,
     action: str,
     details: Mapping[str, Any] | None = None,
+    request_id: str | None = None,
     now: Callable[[], str] = utc_now,
 ) -> dict[str, Any]:
-    """The error record of docs/CONTRACTS.md as a dict."""
+    """The error record of docs/CONTRACTS.md as a dict; the reason is redacted."""
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r} is not one of {STAGES}")
     return {
@@ -47,9 +58,11 @@ def build_error_record(
         "source": {"bucket": source_bucket, "key": source_key},
         "stage": stage,
         "error": error,
-        "reason": reason,
+        "reason": redact(reason),
         "action": action,
         "time": now(),
+        # Quote it to the operator: it finds the invocation's log lines.
+        "request_id": request_id,
         "details": dict(details or {}),
     }
 
@@ -58,7 +71,8 @@ def internal_error_action(function: str) -> str:
     """What a user should do about an `internal-error` record written by `function`."""
     return (
         f"nothing yet: {function} retries automatically; if it keeps failing, the event waits in {function}'s "
-        "dead-letter queue: fix the cause (see the reason and the function's logs), then run `make replay`"
+        "dead-letter queue: an operator finds the cause in the function's logs (search for the request_id), "
+        "fixes it and runs `make replay`"
     )
 
 
@@ -73,9 +87,9 @@ class OutputSettings(Protocol):
 
 @dataclass(frozen=True)
 class ResultStore:
-    """An upload's one final result in the output bucket: the image set or `errors/<key>.json`, never both.
+    """The output bucket's objects of an upload's result: the image set or `errors/<key>.json`.
 
-    Source keys are keys of the input bucket: every handler skips events about other buckets first.
+    Only `pipeline_common.results` calls the writing methods, under the ledger's rules.
     """
 
     s3: Any
@@ -88,6 +102,24 @@ class ResultStore:
     def of(cls, s3: Any, settings: OutputSettings) -> ResultStore:
         """The store a handler's settings describe, using the client `s3`."""
         return cls(s3, settings.input_bucket, settings.output_bucket, settings.image_prefix, settings.error_prefix)
+
+    def error_key(self, source_key: str) -> str:
+        """Where the key's error record goes."""
+        return error_key(self.error_prefix, source_key)
+
+    def image_keys(self, source_key: str) -> ImageKeys:
+        """Where the key's image set goes; `KeyMappingError` when no image key fits S3's limit."""
+        return image_keys(self.image_prefix, source_key)
+
+    def write_image_set(self, source_key: str, *, png: bytes, html: str, metadata: bytes) -> None:
+        """Write PNG, page and metadata (last: it marks the set complete), then remove the key's error record."""
+        keys = self.image_keys(source_key)
+        self.s3.put_object(Bucket=self.output_bucket, Key=keys.png, Body=png, ContentType="image/png")
+        self.s3.put_object(
+            Bucket=self.output_bucket, Key=keys.html, Body=html.encode("utf-8"), ContentType="text/html; charset=utf-8"
+        )
+        self.s3.put_object(Bucket=self.output_bucket, Key=keys.metadata, Body=metadata, ContentType="application/json")
+        self.remove_error_record(source_key)
 
     def remove_image_set(self, source_key: str) -> None:
         """Delete `images/<key>.png/.json/.html` (whether or not they exist) with one DeleteObjects request."""
@@ -121,6 +153,7 @@ class ResultStore:
         reason: str,
         action: str,
         details: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
         now: Callable[[], str] = utc_now,
     ) -> str:
         """Remove the key's image set, then write the error record at `errors/<source key>.json`; return its key."""
@@ -132,6 +165,7 @@ class ResultStore:
             reason=reason,
             action=action,
             details=details,
+            request_id=request_id,
             now=now,
         )
         key = error_key(self.error_prefix, source_key)
@@ -154,42 +188,3 @@ class ResultStore:
             },
         )
         return key
-
-    def record_internal_error(
-        self,
-        source_key: str,
-        *,
-        stage: str,
-        failure: BaseException,
-        function: str,
-        details: Mapping[str, Any] | None = None,
-    ) -> str | None:
-        """Best effort: record an unexpected failure as `internal-error`; the caller re-raises it either way.
-
-        Returns the record's key, or None when the record itself could not be written (that is logged):
-        the original failure matters more than the record, so nothing raised here may replace it.
-        """
-        reason = f"{type(failure).__name__}: {failure}"
-        if len(reason) > MAX_INTERNAL_REASON_CHARS:
-            reason = reason[: MAX_INTERNAL_REASON_CHARS - 3] + "..."
-        try:
-            return self.write_error(
-                source_key,
-                stage=stage,
-                error=INTERNAL_ERROR,
-                reason=reason,
-                action=internal_error_action(function),
-                details={"error_type": type(failure).__name__, **(details or {})},
-            )
-        except Exception as error:
-            logger.exception(
-                "internal-error record could not be written",
-                extra={
-                    "bucket": self.input_bucket,
-                    "key": source_key,
-                    "stage": stage,
-                    "error_type": type(error).__name__,
-                    "original_error_type": type(failure).__name__,
-                },
-            )
-            return None

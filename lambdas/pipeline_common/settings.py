@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pipeline_common.keys import check_job_name_prefix
@@ -114,3 +115,29 @@ class LazySettings(Generic[T]):
     def reset(self) -> None:
         """Forget the cached settings so the next `get()` reads the environment again."""
         self._value = None
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """What every handler reads: where uploads and results live, the ledger, the metrics namespace."""
+
+    input_bucket: str
+    output_bucket: str
+    image_prefix: str
+    error_prefix: str
+    job_name_prefix: str
+    ledger_table: str
+    metrics_namespace: str
+
+    @staticmethod
+    def common_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+        """The common block of infra/pipeline.py handler_environment(), checked, as constructor arguments."""
+        return {
+            "input_bucket": require(environ, "INPUT_BUCKET"),
+            "output_bucket": require(environ, "OUTPUT_BUCKET"),
+            "image_prefix": require(environ, "IMAGE_PREFIX"),
+            "error_prefix": require(environ, "ERROR_PREFIX"),
+            "job_name_prefix": as_job_name_prefix("JOB_NAME_PREFIX", require(environ, "JOB_NAME_PREFIX")),
+            "ledger_table": require(environ, "LEDGER_TABLE"),
+            "metrics_namespace": optional(environ, "METRICS_NAMESPACE", "SpeechToImage"),
+        }

@@ -9,10 +9,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pipeline_common.error_records import ResultStore
 from pipeline_common.events import EventError
-from pipeline_common.settings import as_job_name_prefix, as_media_formats, require
-from pipeline_common.uploads import staleness
+from pipeline_common.results import COMMITTED, SUPERSEDED, Results
+from pipeline_common.settings import CommonSettings, as_media_formats, require
 
 logger = logging.getLogger(__name__)
 
@@ -36,25 +35,16 @@ _BAD_MEDIA = re.compile(
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(CommonSettings):
     """What transcribe_failed needs from its environment."""
 
-    input_bucket: str
-    output_bucket: str
-    image_prefix: str
-    error_prefix: str
-    job_name_prefix: str
     media_formats: tuple[str, ...]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read and check the variables set by infra/pipeline.py; `SettingsError` names any bad one."""
         return cls(
-            input_bucket=require(environ, "INPUT_BUCKET"),
-            output_bucket=require(environ, "OUTPUT_BUCKET"),
-            image_prefix=require(environ, "IMAGE_PREFIX"),
-            error_prefix=require(environ, "ERROR_PREFIX"),
-            job_name_prefix=as_job_name_prefix("JOB_NAME_PREFIX", require(environ, "JOB_NAME_PREFIX")),
+            **cls.common_from_env(environ),
             media_formats=as_media_formats("MEDIA_FORMATS", require(environ, "MEDIA_FORMATS")),
         )
 
@@ -69,7 +59,7 @@ class JobStateChange:
 
 @dataclass(frozen=True)
 class Result:
-    """What happened to one job: recorded, ignored (not FAILED), foreign, gone or superseded."""
+    """What happened to one job: recorded, ignored (not FAILED), foreign, duplicate or superseded."""
 
     job_name: str
     outcome: str
@@ -154,17 +144,17 @@ def failure_action(reason: str, media_formats: Sequence[str]) -> str:
     )
 
 
-def handle_job_state_change(event: Any, *, settings: Settings, s3: Any, transcribe: Any) -> Result:
-    """Write the error record for a FAILED job of this pipeline; other events are skipped with a reason."""
+def handle_job_state_change(event: Any, *, settings: Settings, transcribe: Any, results: Results) -> Result:
+    """Give the upload of a FAILED job of this pipeline its error record; other events are skipped with a reason."""
     change = parse_job_state_change(event)
     context = {"job_name": change.job_name, "job_status": change.status}
     if change.status != FAILED:
         # The EventBridge rule sends FAILED only; a COMPLETED job's transcript reaches invoke_sd through S3.
         logger.info("job state is not FAILED; ignored", extra=context)
-        return Result(change.job_name, "ignored")
+        return _done(results, Result(change.job_name, "ignored"))
     if not change.job_name.startswith(settings.job_name_prefix):
         logger.warning("job was not started by this pipeline; ignored", extra=context)
-        return Result(change.job_name, "foreign")
+        return _done(results, Result(change.job_name, "foreign"))
 
     # The event names the job only: its media (the upload) and the reason come from the job itself.
     job = transcribe.get_transcription_job(TranscriptionJobName=change.job_name)["TranscriptionJob"]
@@ -172,17 +162,16 @@ def handle_job_state_change(event: Any, *, settings: Settings, s3: Any, transcri
     location = parse_media_uri(uri)
     if location is None or location[0] != settings.input_bucket:
         logger.warning("job's media is not in INPUT_BUCKET; ignored", extra={**context, "media_file_uri": uri})
-        return Result(change.job_name, "foreign")
+        return _done(results, Result(change.job_name, "foreign"))
     bucket, key = location
     context |= {"bucket": bucket, "key": key}
-    store = ResultStore.of(s3, settings)
 
+    entry, skip = results.current_for_job(key, change.job_name, settings.job_name_prefix)
+    if skip is not None or entry is None:
+        # Replaced by a newer upload whose own job produces its result, or already given its result.
+        logger.info("job is not about an unfinished current upload; skipped", extra={**context, "outcome": skip})
+        return _done(results, Result(change.job_name, skip or SUPERSEDED, bucket, key))
     try:
-        skipped = staleness(s3, bucket=bucket, key=key, job=change.job_name, prefix=settings.job_name_prefix)
-        if skipped is not None:
-            # Deleted, or replaced by a newer upload whose own job produces its result.
-            logger.info("job is not about the current upload; skipped", extra={**context, "outcome": skipped})
-            return Result(change.job_name, skipped, bucket, key)
         reason = str(job.get("FailureReason") or NO_REASON)
         details = {
             "job_name": change.job_name,
@@ -190,22 +179,22 @@ def handle_job_state_change(event: Any, *, settings: Settings, s3: Any, transcri
             "media_format": job.get("MediaFormat"),
             "language_code": job.get("LanguageCode"),
         }
-        error_key = store.write_error(
-            key,
+        committed = results.commit_error(
+            entry,
             stage=STAGE,
-            error=ERROR,
+            code=ERROR,
             reason=reason,
             action=failure_action(reason, settings.media_formats),
             details={name: value for name, value in details.items() if value},
         )
     except Exception as error:
-        store.record_internal_error(
-            key,
-            stage=STAGE,
-            failure=error,
-            function=FUNCTION,
-            details={"job_name": change.job_name},
-        )
+        results.record_retry(entry, stage=STAGE, failure=error)
         # Re-raised so Lambda retries and, in the end, the event reaches the dead-letter queue.
         raise
-    return Result(change.job_name, "recorded", bucket, key, error_key)
+    outcome = "recorded" if committed.outcome == COMMITTED else committed.outcome
+    return _done(results, Result(change.job_name, outcome, bucket, key, committed.key))
+
+
+def _done(results: Results, result: Result) -> Result:
+    results.metrics.outcome(result.outcome)
+    return result

@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
-from pipeline_common.aws_errors import error_code, is_not_found, is_precondition_failed
-from pipeline_common.batch import process_each
-from pipeline_common.error_records import ResultStore
-from pipeline_common.events import S3Record
+from pipeline_common.aws_errors import error_code, is_not_found
+from pipeline_common.error_records import utc_now
+from pipeline_common.events import EventError, S3Record
 from pipeline_common.keys import KeyMappingError, job_name, normalise_etag, transcript_key
+from pipeline_common.ledger import RECEIVED, TRANSCRIBING, Entry, LedgerError, Upload, normalise_sequencer
+from pipeline_common.results import COMMITTED, DUPLICATE, SUPERSEDED, Results
 from pipeline_common.settings import (
+    CommonSettings,
     SettingsError,
     as_int,
-    as_job_name_prefix,
     as_list,
     as_media_formats,
     optional,
     require,
 )
-from pipeline_common.uploads import GONE, SUPERSEDED, current_etag
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +33,11 @@ AUTO_LANGUAGE = "auto"
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(CommonSettings):
     """What transcribe_trigger needs from its environment."""
 
-    input_bucket: str
     transcript_bucket: str
     transcript_prefix: str
-    output_bucket: str
-    image_prefix: str
-    error_prefix: str
-    job_name_prefix: str
     media_formats: tuple[str, ...]
     max_media_bytes: int
     language_code: str = "en-US"
@@ -59,13 +54,9 @@ class Settings:
                 "(e.g. en-US,de-DE) when LANGUAGE_CODE=auto"
             )
         return cls(
-            input_bucket=require(environ, "INPUT_BUCKET"),
+            **cls.common_from_env(environ),
             transcript_bucket=require(environ, "TRANSCRIPT_BUCKET"),
             transcript_prefix=require(environ, "TRANSCRIPT_PREFIX"),
-            output_bucket=require(environ, "OUTPUT_BUCKET"),
-            image_prefix=require(environ, "IMAGE_PREFIX"),
-            error_prefix=require(environ, "ERROR_PREFIX"),
-            job_name_prefix=as_job_name_prefix("JOB_NAME_PREFIX", require(environ, "JOB_NAME_PREFIX")),
             media_formats=as_media_formats("MEDIA_FORMATS", require(environ, "MEDIA_FORMATS")),
             max_media_bytes=as_int("MAX_MEDIA_BYTES", require(environ, "MAX_MEDIA_BYTES"), minimum=1),
             language_code=language_code,
@@ -75,7 +66,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class Result:
-    """What happened to one upload: started, duplicate, rejected, gone, superseded or foreign."""
+    """What happened to one upload: started, duplicate, rejected, superseded or foreign."""
 
     bucket: str
     key: str
@@ -87,14 +78,6 @@ class Result:
     def as_dict(self) -> dict[str, Any]:
         """The result as JSON-ready data (the handler's return value)."""
         return asdict(self)
-
-
-class _Skipped(Exception):
-    """The upload is no longer the object under its key: `gone` or `superseded`; nothing is written."""
-
-    def __init__(self, outcome: str) -> None:
-        super().__init__(outcome)
-        self.outcome = outcome
 
 
 class _Rejected(Exception):
@@ -153,54 +136,63 @@ def language_arguments(settings: Settings) -> dict[str, Any]:
     return {"LanguageCode": settings.language_code}
 
 
-def start_transcriptions(records: Sequence[S3Record], *, settings: Settings, s3: Any, transcribe: Any) -> list[Result]:
-    """Handle every upload of an event; raise at the end if any failed unexpectedly."""
-    return process_each(
-        records, lambda record: start_transcription(record, settings=settings, s3=s3, transcribe=transcribe)
-    )
+def upload_of(record: S3Record) -> Upload:
+    """The upload an S3 event is about: its version (the identity) and its sequencer (the order)."""
+    if not record.sequencer:
+        raise EventError(f"{record.uri}: the S3 event has no s3.object.sequencer; S3 always sends one")
+    try:
+        sequencer = normalise_sequencer(record.sequencer)
+    except ValueError as error:
+        raise EventError(f"{record.uri}: {error}") from None
+    # An unversioned bucket (a misconfiguration) still gets a distinct identity per upload.
+    upload_id = record.version_id or f"{normalise_etag(record.etag or '')}.{sequencer.lstrip('0')}"
+    return Upload(key=record.key, upload_id=upload_id, sequencer=sequencer, etag=record.etag)
 
 
-def start_transcription(record: S3Record, *, settings: Settings, s3: Any, transcribe: Any) -> Result:
-    """Check one upload and start its Transcribe job, or write an error record for bad input."""
+def start_transcription(record: S3Record, *, settings: Settings, s3: Any, transcribe: Any, results: Results) -> Result:
+    """Claim one upload in the ledger, check it and start its Transcribe job, or give it an error record."""
     if record.bucket != settings.input_bucket:
         # Wired to the input bucket only: anything else is a configuration mistake, not an upload to judge.
         logger.warning("event from a bucket other than INPUT_BUCKET; skipped", extra=record.log_context())
-        return Result(record.bucket, record.key, "foreign")
+        return _done(results, Result(record.bucket, record.key, "foreign"))
+    claim = results.ledger.claim(upload_of(record), utc_now())
+    entry = claim.entry
+    if claim.outcome == "stale":
+        # A later upload under this key is already current: its own event produces the key's result.
+        logger.info("a newer upload is current; skipped", extra={**record.log_context(), "outcome": SUPERSEDED})
+        return _done(results, Result(record.bucket, record.key, SUPERSEDED))
+    if claim.outcome == "repeat" and entry.stage != RECEIVED:
+        # S3 delivered this event again (at least once): the job was started, or the upload has its result.
+        logger.info("repeated event skipped", extra={**record.log_context(), "stage": entry.stage})
+        return _done(results, Result(record.bucket, record.key, DUPLICATE, job_name=entry.job_name))
     try:
         try:
-            return _start(record, settings, s3, transcribe)
-        except _Skipped as skipped:
-            # The newer upload's own event produces its result; this one must not touch it.
-            logger.info(
-                "upload is gone or was replaced; skipped", extra={**record.log_context(), "outcome": skipped.outcome}
-            )
-            return Result(record.bucket, record.key, skipped.outcome)
+            return _done(results, _start(record, entry, settings, s3, transcribe, results))
         except _Rejected as rejected:
-            key = ResultStore.of(s3, settings).write_error(
-                record.key,
+            committed = results.commit_error(
+                entry,
                 stage="validate",
-                error=rejected.error,
+                code=rejected.error,
                 reason=rejected.reason,
                 action=rejected.action,
                 details=rejected.details,
             )
-            return Result(record.bucket, record.key, "rejected", error_key=key)
+            outcome = "rejected" if committed.outcome == COMMITTED else committed.outcome
+            return _done(results, Result(record.bucket, record.key, outcome, error_key=committed.key))
     except Exception as error:
-        ResultStore.of(s3, settings).record_internal_error(
-            record.key,
-            stage="validate",
-            failure=error,
-            function=FUNCTION,
-            details={"etag": record.etag} if record.etag else None,
-        )
-        # Re-raised so Lambda retries and, in the end, the event reaches the dead-letter queue.
+        results.record_retry(entry, stage="validate", failure=error)
+        # Re-raised: the message returns to the queue, and after the last receive goes to the dead-letter queue.
         raise
 
 
-def _start(record: S3Record, settings: Settings, s3: Any, transcribe: Any) -> Result:
+def _done(results: Results, result: Result) -> Result:
+    results.metrics.outcome(result.outcome)
+    return result
+
+
+def _start(record: S3Record, entry: Entry, settings: Settings, s3: Any, transcribe: Any, results: Results) -> Result:
     formats = ", ".join(settings.media_formats)
     extension = PurePosixPath(record.key).suffix.lower().lstrip(".")
-    # The key alone decides these two, so they hold for every upload under the key: no need to ask S3 first.
     if extension not in settings.media_formats:
         raise _Rejected(
             "unsupported-format",
@@ -217,20 +209,14 @@ def _start(record: S3Record, settings: Settings, s3: Any, transcribe: Any) -> Re
             "upload the recording again under a shorter name (non-ASCII characters count several times)",
         ) from None
 
-    size, etag = record.size, record.etag
-    from_event = size is not None and etag is not None
-    if not from_event:
-        head = _read(lambda: s3.head_object(Bucket=record.bucket, Key=record.key))
-        size, etag = head["ContentLength"], head["ETag"]
-    etag = normalise_etag(str(etag))
-    if size == 0 or size > settings.max_media_bytes:
-        if from_event:
-            # These verdicts come from the event's size: make sure it still describes the object under the key.
-            _ensure_current(s3, record, etag)
-        if size == 0:
-            raise _Rejected(
-                "empty-file", "the uploaded file is empty (0 bytes)", "record again and upload the audio file"
-            )
+    # Every read names the upload's own version: a newer upload under the key cannot be mistaken for it.
+    version = {"VersionId": record.version_id} if record.version_id else {}
+    size = record.size
+    if size is None:
+        size = _read(lambda: s3.head_object(Bucket=record.bucket, Key=record.key, **version))["ContentLength"]
+    if size == 0:
+        raise _Rejected("empty-file", "the uploaded file is empty (0 bytes)", "record again and upload the audio file")
+    if size > settings.max_media_bytes:
         raise _Rejected(
             "too-large",
             f"the file is {size} bytes; the limit is {settings.max_media_bytes} bytes",
@@ -238,12 +224,10 @@ def _start(record: S3Record, settings: Settings, s3: Any, transcribe: Any) -> Re
             size=size,
             max_media_bytes=settings.max_media_bytes,
         )
-
-    # If-Match: the bytes judged are those of the object the event (and the job name) is about.
     head_bytes = _read(
-        lambda: s3.get_object(
-            Bucket=record.bucket, Key=record.key, Range=f"bytes=0-{SNIFF_BYTES - 1}", IfMatch=f'"{etag}"'
-        )["Body"].read()
+        lambda: s3.get_object(Bucket=record.bucket, Key=record.key, Range=f"bytes=0-{SNIFF_BYTES - 1}", **version)[
+            "Body"
+        ].read()
     )
     container = detect_container(head_bytes)
     if container is None:
@@ -263,7 +247,8 @@ def _start(record: S3Record, settings: Settings, s3: Any, transcribe: Any) -> Re
             container=container,
         )
 
-    name = job_name(record.key, etag, settings.job_name_prefix)
+    # Key + version id: the same upload always gets the same name, and re-uploaded bytes are a new upload.
+    name = job_name(record.key, entry.upload_id, settings.job_name_prefix)
     context = {**record.log_context(), "job_name": name, "media_format": fmt, "transcript_key": output_key}
     try:
         transcribe.start_transcription_job(
@@ -275,15 +260,21 @@ def _start(record: S3Record, settings: Settings, s3: Any, transcribe: Any) -> Re
             **language_arguments(settings),
         )
     except Exception as error:
-        if error_code(error) == "ConflictException":
-            # Same key and ETag -> same job name: S3 delivered this event again (at-least-once).
-            logger.info("transcription job already exists; repeated event skipped", extra=context)
-            return Result(record.bucket, record.key, "duplicate", job_name=name, transcript_key=output_key)
-        logger.exception("StartTranscriptionJob failed", extra=context)
-        raise
-    # The job's own result (image set or error record) follows; an error record left by a failed earlier
-    # attempt, or by an earlier upload under this key, would only contradict it until then.
-    ResultStore.of(s3, settings).remove_error_record(record.key)
+        if error_code(error) != "ConflictException":
+            logger.exception("StartTranscriptionJob failed", extra=context)
+            raise
+        # An earlier attempt of this upload started the job and failed before the ledger knew.
+        logger.info("transcription job already exists", extra=context)
+    try:
+        results.ledger.advance(
+            record.key, entry.upload_id, to=TRANSCRIBING, expect=(RECEIVED, TRANSCRIBING), now=utc_now(), job_name=name
+        )
+    except LedgerError as lost:
+        current = lost.entry
+        # Either a newer upload is current (its own job will give the key its result) or this one moved on.
+        outcome = SUPERSEDED if current is None or not current.is_upload(entry.upload_id) else DUPLICATE
+        logger.info("ledger moved on while the job started", extra={**context, "outcome": outcome})
+        return Result(record.bucket, record.key, outcome, job_name=name, transcript_key=output_key)
     logger.info("transcription job started", extra=context)
     return Result(record.bucket, record.key, "started", job_name=name, transcript_key=output_key)
 
@@ -292,20 +283,14 @@ R = TypeVar("R")
 
 
 def _read(request: Callable[[], R]) -> R:
-    """Run an S3 read of the upload; a deleted upload is `gone`, a changed one (If-Match) `superseded`."""
+    """Run an S3 read of the upload's version; a version deleted since is `gone`."""
     try:
         return request()
     except Exception as error:
-        if is_not_found(error):
-            raise _Skipped(GONE) from error
-        if is_precondition_failed(error):
-            raise _Skipped(SUPERSEDED) from error
+        if is_not_found(error) or error_code(error) == "NoSuchVersion":
+            raise _Rejected(
+                "upload-deleted",
+                "the recording was deleted before it could be transcribed",
+                "upload the recording again if you still want its picture",
+            ) from error
         raise
-
-
-def _ensure_current(s3: Any, record: S3Record, etag: str) -> None:
-    current = current_etag(s3, record.bucket, record.key)
-    if current is None:
-        raise _Skipped(GONE)
-    if current != etag:
-        raise _Skipped(SUPERSEDED)

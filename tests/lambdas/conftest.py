@@ -16,18 +16,20 @@ from infra.pipeline import Handler, handler_environment
 from tests.lambdas.support import (
     BUCKETS,
     INPUT_BUCKET,
+    LEDGER_TABLE,
     OUTPUT_BUCKET,
     REGION,
     TRANSCRIPT_BUCKET,
     Aws,
     FakeLambdaContext,
+    create_ledger_table,
 )
 
 
 @pytest.fixture(autouse=True)
 def _build_every_log_record(caplog: pytest.LogCaptureFixture) -> None:
     """Log the Lambda packages at DEBUG: an `extra=` key that LogRecord already has then fails a test."""
-    for name in ("pipeline_common", "transcribe_trigger", "invoke_sd", "transcribe_failed"):
+    for name in ("pipeline_common", "transcribe_trigger", "invoke_sd", "transcribe_failed", "sweeper"):
         caplog.set_level(logging.DEBUG, logger=name)
 
 
@@ -60,7 +62,9 @@ def _moto() -> Iterator[tuple[Any, Aws]]:
         mock.start()
         try:
             state = Aws(
-                s3=boto3.client("s3", region_name=REGION), transcribe=boto3.client("transcribe", region_name=REGION)
+                s3=boto3.client("s3", region_name=REGION),
+                transcribe=boto3.client("transcribe", region_name=REGION),
+                dynamodb=boto3.client("dynamodb", region_name=REGION),
             )
             state.transcribe.meta.events.register(
                 "before-parameter-build.transcribe.StartTranscriptionJob",
@@ -77,13 +81,18 @@ def aws(_moto: tuple[Any, Aws]) -> Aws:
     mock, state = _moto
     mock.reset()
     state.transcribe_calls.clear()
+    state.sequence = 0
     for bucket in (INPUT_BUCKET, TRANSCRIPT_BUCKET, OUTPUT_BUCKET):
         state.s3.create_bucket(Bucket=bucket)
+    # As InfraStack: uploads and transcripts are versioned (an upload's identity is its version id).
+    for bucket in (INPUT_BUCKET, TRANSCRIPT_BUCKET):
+        state.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    create_ledger_table(state.dynamodb)
     return state
 
 
 def _set_environment(monkeypatch: pytest.MonkeyPatch, handler: Handler, config: PipelineConfig) -> dict[str, str]:
-    environment = handler_environment(handler, config, BUCKETS)
+    environment = handler_environment(handler, config, BUCKETS, LEDGER_TABLE)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     return environment
@@ -97,7 +106,7 @@ def trigger(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     _set_environment(monkeypatch, Handler.TRANSCRIBE_TRIGGER, PipelineConfig())
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()
-    handler.CLIENTS.inject(s3=aws.s3, transcribe=aws.transcribe)
+    handler.CLIENTS.inject(s3=aws.s3, transcribe=aws.transcribe, dynamodb=aws.dynamodb)
     yield handler
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()
@@ -133,7 +142,7 @@ def invoke(aws: Aws, sagemaker: tuple[Any, Stubber], monkeypatch: pytest.MonkeyP
     _set_environment(monkeypatch, Handler.INVOKE_SD, PipelineConfig())
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()
-    handler.CLIENTS.inject(s3=aws.s3, sagemaker_runtime=sagemaker[0])
+    handler.CLIENTS.inject(s3=aws.s3, sagemaker_runtime=sagemaker[0], dynamodb=aws.dynamodb)
     yield handler
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()
@@ -160,7 +169,21 @@ def failed(aws: Aws, transcribe_stub: tuple[Any, Stubber], monkeypatch: pytest.M
     _set_environment(monkeypatch, Handler.TRANSCRIBE_FAILED, PipelineConfig())
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()
-    handler.CLIENTS.inject(s3=aws.s3, transcribe=transcribe_stub[0])
+    handler.CLIENTS.inject(s3=aws.s3, transcribe=transcribe_stub[0], dynamodb=aws.dynamodb)
+    yield handler
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+
+
+@pytest.fixture
+def sweeper(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The sweeper handler module with infra's environment and the moto clients."""
+    from sweeper import handler
+
+    _set_environment(monkeypatch, Handler.SWEEPER, PipelineConfig())
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+    handler.CLIENTS.inject(s3=aws.s3, dynamodb=aws.dynamodb)
     yield handler
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()

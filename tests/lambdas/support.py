@@ -22,6 +22,7 @@ JOB_PREFIX = "s2i-"
 INPUT_BUCKET = "speech-to-image-input"
 TRANSCRIPT_BUCKET = "speech-to-image-transcripts"
 OUTPUT_BUCKET = "speech-to-image-output"
+LEDGER_TABLE = "speech-to-image-ledger"
 BUCKETS = {
     BucketRole.INPUT: INPUT_BUCKET,
     BucketRole.TRANSCRIPTS: TRANSCRIPT_BUCKET,
@@ -46,6 +47,52 @@ def audio_bytes(container: str, size: int = 4096) -> bytes:
     """A file of `size` bytes that starts like `container`."""
     head = AUDIO_HEADERS[container]
     return head + bytes(max(0, size - len(head)))
+
+
+def s3_event(bucket: str, uploaded: Uploaded) -> dict[str, Any]:
+    """The S3 ObjectCreated notification for an upload (key form-encoded, as S3 sends it)."""
+    from urllib.parse import quote_plus
+
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": REGION,
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": {
+                        "key": quote_plus(uploaded.key, safe="/"),
+                        "size": uploaded.size,
+                        "eTag": uploaded.etag,
+                        "versionId": uploaded.version_id,
+                        "sequencer": uploaded.sequencer,
+                    },
+                },
+            }
+        ]
+    }
+
+
+def sqs_batch(*bodies: dict[str, Any]) -> dict[str, Any]:
+    """An event source mapping's batch: each body (an S3 event) in one SQS message."""
+    return {
+        "Records": [
+            {
+                "messageId": f"message-{index}",
+                "receiptHandle": f"handle-{index}",
+                "body": json.dumps(body),
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:queue",
+                "awsRegion": REGION,
+            }
+            for index, body in enumerate(bodies)
+        ]
+    }
 
 
 def load_event(name: str) -> dict[str, Any]:
@@ -100,17 +147,67 @@ class FakeLambdaContext:
         return self.remaining_ms
 
 
+def create_ledger_table(dynamodb: Any, table: str = LEDGER_TABLE) -> None:
+    """The ledger table as InfraStack defines it (key schema and the pending index), in moto."""
+    from infra.pipeline import LEDGER_PARTITION_KEY, LEDGER_PENDING, LEDGER_PENDING_INDEX, LEDGER_UPDATED_AT
+
+    dynamodb.create_table(
+        TableName=table,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": name, "AttributeType": "S"}
+            for name in (LEDGER_PARTITION_KEY, LEDGER_PENDING, LEDGER_UPDATED_AT)
+        ],
+        KeySchema=[{"AttributeName": LEDGER_PARTITION_KEY, "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": LEDGER_PENDING_INDEX,
+                "KeySchema": [
+                    {"AttributeName": LEDGER_PENDING, "KeyType": "HASH"},
+                    {"AttributeName": LEDGER_UPDATED_AT, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """An upload as its S3 event describes it."""
+
+    key: str
+    etag: str
+    version_id: str
+    sequencer: str
+    size: int
+
+
 @dataclass
 class Aws:
     """moto-backed clients, plus the StartTranscriptionJob requests the code under test made."""
 
     s3: Any
     transcribe: Any
+    dynamodb: Any = None
     transcribe_calls: list[dict[str, Any]] = field(default_factory=list)
+    sequence: int = 0
 
     def put_upload(self, key: str, body: bytes) -> str:
         """Upload to the input bucket; returns the bare ETag as an S3 event carries it."""
-        return self.s3.put_object(Bucket=INPUT_BUCKET, Key=key, Body=body)["ETag"].strip('"')
+        return self.upload(key, body).etag
+
+    def upload(self, key: str, body: bytes) -> Uploaded:
+        """Upload to the (versioned) input bucket; returns what its S3 event carries, with a growing sequencer."""
+        response = self.s3.put_object(Bucket=INPUT_BUCKET, Key=key, Body=body)
+        self.sequence += 1
+        return Uploaded(
+            key=key,
+            etag=response["ETag"].strip('"'),
+            version_id=response["VersionId"],
+            sequencer=f"{self.sequence:016X}",
+            size=len(body),
+        )
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         """All keys in a bucket under a prefix."""

@@ -1,0 +1,272 @@
+"""invoke_sd, top to bottom: transcript -> checks -> endpoint -> the upload's one result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from invoke_sd.endpoint import EndpointFailure, RetryPolicy, invoke_endpoint, parse_response, request_parameters
+from invoke_sd.render import metadata_document, render_html, truncation_notices
+from invoke_sd.settings import Settings
+from invoke_sd.transcript import Transcript, TranscriptError, make_prompt, parse_transcript
+from pipeline_common.aws_errors import error_code, is_not_found
+from pipeline_common.batch import process_each
+from pipeline_common.error_records import utc_now
+from pipeline_common.events import S3Record
+from pipeline_common.keys import source_key_from_transcript_key
+from pipeline_common.ledger import Entry, LedgerError
+from pipeline_common.results import COMMITTED, DUPLICATE, SUPERSEDED, ImageSet, Results
+
+logger = logging.getLogger(__name__)
+
+FUNCTION = "invoke_sd"
+RETRY_SPEECH = "record again: speak clearly, close to the microphone, and check that the recording has sound"
+RETRY_UPLOAD = "upload the recording again; if this repeats, check the Transcribe job in the AWS console"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What happened to one transcript: generated, rejected (error record), duplicate or superseded."""
+
+    source_key: str
+    outcome: str
+    image_key: str | None = None
+    error_key: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data (the handler's return value)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """What one invocation works with: clients, the results committer and the endpoint's retry pacing."""
+
+    settings: Settings
+    s3: Any
+    sagemaker: Any
+    results: Results
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    sleep: Callable[[float], None] = time.sleep
+    rand: Callable[[], float] = random.random
+
+
+def generate_image(record: S3Record, deps: Dependencies) -> Result:
+    """Read one transcript and give its upload a result: the image set or an error record."""
+    settings, results = deps.settings, deps.results
+    # A key outside the layout names no upload, so there is nothing to record it against: it just raises.
+    source_key = source_key_from_transcript_key(settings.transcript_prefix, record.key)
+    location = _transcript_location(record)
+    context = {**record.log_context(), "source_key": source_key}
+    started = time.perf_counter()
+    # The transcripts bucket is versioned: read exactly the version this event is about.
+    version = {"VersionId": record.version_id} if record.version_id else {}
+    try:
+        data = deps.s3.get_object(Bucket=record.bucket, Key=record.key, **version)["Body"].read()
+    except Exception as error:
+        if not (is_not_found(error) or error_code(error) == "NoSuchVersion"):
+            raise
+        # Old versions expire a day after a newer job replaced them: an event that late is about an old upload.
+        logger.info("transcript version no longer exists; skipped", extra={**context, "outcome": SUPERSEDED})
+        return _done(deps, Result(source_key, SUPERSEDED))
+    read_s = time.perf_counter() - started
+    problem: TranscriptError | None = None
+    transcript: Transcript | None = None
+    try:
+        transcript = parse_transcript(data)
+    except TranscriptError as error:
+        problem = error
+    job = problem.job_name if problem is not None else transcript.job_name if transcript else None
+
+    entry, skip = results.current_for_job(source_key, job, settings.job_name_prefix)
+    if skip is not None or entry is None:
+        logger.info("transcript is not for an unfinished current upload; skipped", extra={**context, "outcome": skip})
+        return _done(deps, Result(source_key, skip or SUPERSEDED))
+    results.metrics.stage_seconds("transcribe", _seconds_since(entry.received_at))
+    try:
+        return _done(deps, _generate(deps, entry, transcript, problem, location, read_s))
+    except Exception as error:
+        stage = "generate" if isinstance(error, EndpointFailure) else "transcript"
+        if isinstance(error, EndpointFailure):
+            results.record_retry(entry, stage=stage, code=error.code, reason=error.reason, action=error.action)
+        else:
+            results.record_retry(entry, stage=stage, failure=error)
+        # Re-raised: the message goes back to the queue, and after the last receive to the dead-letter queue.
+        raise
+
+
+def _generate(
+    deps: Dependencies,
+    entry: Entry,
+    transcript: Transcript | None,
+    problem: TranscriptError | None,
+    location: dict[str, Any],
+    read_s: float,
+) -> Result:
+    settings, results = deps.settings, deps.results
+    key = entry.key
+
+    def reject(stage: str, code: str, reason: str, action: str, **details: Any) -> Result:
+        committed = results.commit_error(
+            entry, stage=stage, code=code, reason=reason, action=action, details={"transcript": location, **details}
+        )
+        outcome = "rejected" if committed.outcome == COMMITTED else committed.outcome
+        return Result(key, outcome, error_key=committed.key if committed.outcome == COMMITTED else None)
+
+    if problem is not None or transcript is None:
+        assert problem is not None
+        return reject("transcript", problem.code, str(problem), RETRY_UPLOAD)
+    prompt, transcript_truncated = make_prompt(transcript.text, settings.max_prompt_chars)
+    if not prompt:
+        return reject("transcript", "no-speech", "no speech detected: the transcript is empty", RETRY_SPEECH)
+    mean = transcript.mean_confidence
+    if mean is not None and mean < settings.min_transcript_confidence:
+        return reject(
+            "transcript",
+            "no-speech",
+            f"no speech detected: the words heard have a mean confidence of {mean:.2f}, below "
+            f"{settings.min_transcript_confidence} (MIN_TRANSCRIPT_CONFIDENCE); heard {_clip(transcript.text)!r}",
+            f"{RETRY_SPEECH}; noise or music alone often transcribes as a few unlikely words",
+            mean_confidence=round(mean, 4),
+            min_transcript_confidence=settings.min_transcript_confidence,
+            words=transcript.scored_words,
+            heard=transcript.text,
+        )
+
+    # The generation lease: one GPU call per upload, however often the transcript's event is delivered.
+    token = uuid.uuid4().hex
+    try:
+        results.ledger.begin_generation(
+            key, entry.upload_id, token=token, until=results.lease_until(), now=utc_now(), clock=time.time()
+        )
+    except LedgerError as refused:
+        current = refused.entry
+        outcome = SUPERSEDED if current is None or not current.is_upload(entry.upload_id) else DUPLICATE
+        logger.info("another attempt holds this upload's generation; skipped", extra={"key": key, "outcome": outcome})
+        return Result(key, outcome)
+
+    parameters = request_parameters(settings.image_parameters, key)
+    body = json.dumps({"inputs": prompt, "parameters": parameters}).encode("utf-8")
+    started = time.perf_counter()
+    try:
+        try:
+            payload, attempts = invoke_endpoint(
+                deps.sagemaker,
+                endpoint_name=settings.endpoint_name,
+                body=body,
+                policy=deps.policy,
+                sleep=deps.sleep,
+                rand=deps.rand,
+            )
+        except EndpointFailure as failure:
+            if failure.transient:
+                raise
+            logger.error("image generation failed for good", extra={"key": key, "error_code": failure.code})
+            return reject("generate", failure.code, failure.reason, failure.action, attempts=failure.attempts)
+        call_s = time.perf_counter() - started
+        try:
+            image = parse_response(payload, parameters)
+        except ValueError as error:
+            return reject(
+                "generate",
+                "bad-endpoint-response",
+                str(error),
+                f"check that {settings.endpoint_name} serves this project's code/inference.py",
+                attempts=attempts,
+            )
+        if image.nsfw_content_detected:
+            return reject(
+                "generate",
+                "nsfw-filtered",
+                "the safety checker flagged the generated image as not safe for work, so it was not kept",
+                "rephrase the prompt (say it differently) and record again",
+                prompt=prompt,
+            )
+    except BaseException:
+        # Transient or unexpected: give the lease back so the queue's retry need not wait for it to run out.
+        results.ledger.end_generation(key, entry.upload_id, token=token)
+        raise
+
+    notices = truncation_notices(
+        transcript_truncated=transcript_truncated,
+        prompt_truncated=image.prompt_truncated,
+        max_prompt_chars=settings.max_prompt_chars,
+        prompt=prompt,
+    )
+    keys = results.store.image_keys(key)
+    page = render_html(
+        source_key=key,
+        transcript=transcript.text,
+        prompt=prompt,
+        png=image.png,
+        parameters=image.parameters,
+        notices=notices,
+    )
+    metadata = metadata_document(
+        settings=settings,
+        source_key=key,
+        transcript=transcript,
+        transcript_location=location,
+        prompt=prompt,
+        transcript_truncated=transcript_truncated,
+        image=image,
+        notices=notices,
+        keys=keys,
+        timings={
+            "transcript_read_s": round(read_s, 4),
+            "endpoint_call_s": round(call_s, 4),
+            "endpoint_attempts": attempts,
+            "endpoint": dict(image.timings),
+        },
+        upload_id=entry.upload_id,
+        created=utc_now(),
+    )
+    committed = results.commit_images(
+        entry,
+        ImageSet(
+            png=image.png,
+            html=page,
+            metadata=json.dumps(metadata, ensure_ascii=False, indent=2).encode("utf-8"),
+        ),
+    )
+    if committed.outcome != COMMITTED:
+        return Result(key, committed.outcome)
+    results.metrics.stage_seconds("generate", call_s)
+    results.metrics.stage_seconds("total", _seconds_since(entry.received_at))
+    logger.info("image written", extra={"key": key, "image_key": keys.png})
+    return Result(key, "generated", image_key=keys.png)
+
+
+def generate_images(records: Sequence[S3Record], deps: Dependencies) -> list[Result]:
+    """Handle every transcript of a direct (not queued) event; raise at the end if any failed."""
+    return process_each(records, lambda record: generate_image(record, deps))
+
+
+def _done(deps: Dependencies, result: Result) -> Result:
+    deps.results.metrics.outcome(result.outcome)
+    return result
+
+
+def _transcript_location(record: S3Record) -> dict[str, Any]:
+    location: dict[str, Any] = {"bucket": record.bucket, "key": record.key}
+    if record.version_id:
+        location["version_id"] = record.version_id
+    return location
+
+
+def _seconds_since(iso: str) -> float:
+    try:
+        return max(0.0, time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0.0
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,1 @@
+"""The deadline sweeper: every upload stuck past its deadline gets an error record."""
