@@ -152,47 +152,63 @@ def _generate(
         logger.info("another attempt holds this upload's generation; skipped", extra={"key": key, "outcome": outcome})
         return Result(key, outcome)
 
-    parameters = request_parameters(settings.image_parameters, key)
-    body = json.dumps({"inputs": prompt, "parameters": parameters}).encode("utf-8")
-    started = time.perf_counter()
     try:
-        try:
-            payload, attempts = invoke_endpoint(
-                deps.sagemaker,
-                endpoint_name=settings.endpoint_name,
-                body=body,
-                policy=deps.policy,
-                sleep=deps.sleep,
-                rand=deps.rand,
-            )
-        except EndpointFailure as failure:
-            if failure.transient:
-                raise
-            logger.error("image generation failed for good", extra={"key": key, "error_code": failure.code})
-            return reject("generate", failure.code, failure.reason, failure.action, attempts=failure.attempts)
-        call_s = time.perf_counter() - started
-        try:
-            image = parse_response(payload, parameters)
-        except ValueError as error:
-            return reject(
-                "generate",
-                "bad-endpoint-response",
-                str(error),
-                f"check that {settings.endpoint_name} serves this project's code/inference.py",
-                attempts=attempts,
-            )
-        if image.nsfw_content_detected:
-            return reject(
-                "generate",
-                "nsfw-filtered",
-                "the safety checker flagged the generated image as not safe for work, so it was not kept",
-                "rephrase the prompt (say it differently) and record again",
-                prompt=prompt,
-            )
+        return _generate_with_lease(deps, entry, transcript, prompt, transcript_truncated, location, read_s, reject)
     except BaseException:
         # Transient or unexpected: give the lease back so the queue's retry need not wait for it to run out.
         results.ledger.end_generation(key, entry.upload_id, token=token)
         raise
+
+
+def _generate_with_lease(
+    deps: Dependencies,
+    entry: Entry,
+    transcript: Transcript,
+    prompt: str,
+    transcript_truncated: bool,
+    location: dict[str, Any],
+    read_s: float,
+    reject: Callable[..., Result],
+) -> Result:
+    """Call the endpoint and commit the image (or the permanent failure) while holding the generation lease."""
+    settings, results = deps.settings, deps.results
+    key = entry.key
+    parameters = request_parameters(settings.image_parameters, key)
+    body = json.dumps({"inputs": prompt, "parameters": parameters}).encode("utf-8")
+    started = time.perf_counter()
+    try:
+        payload, attempts = invoke_endpoint(
+            deps.sagemaker,
+            endpoint_name=settings.endpoint_name,
+            body=body,
+            policy=deps.policy,
+            sleep=deps.sleep,
+            rand=deps.rand,
+        )
+    except EndpointFailure as failure:
+        if failure.transient:
+            raise
+        logger.error("image generation failed for good", extra={"key": key, "error_code": failure.code})
+        return reject("generate", failure.code, failure.reason, failure.action, attempts=failure.attempts)
+    call_s = time.perf_counter() - started
+    try:
+        image = parse_response(payload, parameters)
+    except ValueError as error:
+        return reject(
+            "generate",
+            "bad-endpoint-response",
+            str(error),
+            f"check that {settings.endpoint_name} serves this project's code/inference.py",
+            attempts=attempts,
+        )
+    if image.nsfw_content_detected:
+        return reject(
+            "generate",
+            "nsfw-filtered",
+            "the safety checker flagged the generated image as not safe for work, so it was not kept",
+            "rephrase the prompt (say it differently) and record again",
+            prompt=prompt,
+        )
 
     notices = truncation_notices(
         transcript_truncated=transcript_truncated,
