@@ -1,4 +1,4 @@
-"""A pipeline Lambda with everything it owns: code, role, log group and dead-letter queue."""
+"""A pipeline Lambda with everything it owns: code, role, log group, source queue and dead-letter queue."""
 
 from __future__ import annotations
 
@@ -10,22 +10,29 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_destinations as destinations
+from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra.config import LOG_RETENTION_DAYS, PipelineConfig
 from infra.nag import acknowledge, render_intrinsic
-from infra.pipeline import BucketRole, Handler, handler_environment
+from infra.pipeline import BucketRole, Handler, QueueSettings, handler_environment
 
 LAMBDAS_DIR = Path(__file__).resolve().parents[2] / "lambdas"
 RUNTIME = lambda_.Runtime.PYTHON_3_14
-# S3 invokes asynchronously: two retries, then the event goes to the dead-letter queue.
+# EventBridge and the schedule invoke asynchronously: two retries, then the event goes to the dead-letter queue.
 ASYNC_RETRY_ATTEMPTS = 2
 # An event older than this is no longer worth retrying; it goes to the dead-letter queue.
 MAX_EVENT_AGE = Duration.hours(6)
 # Dead-letter messages stay 14 days (SQS's maximum) so a fix can be replayed later.
 DLQ_RETENTION = Duration.days(14)
+# A source queue keeps messages as long as its dead-letter queue does: SQS counts a message's age from its
+# first enqueue, even after a redrive, so a shorter retention here would only drop uploads sooner, unseen.
+SOURCE_QUEUE_RETENTION = DLQ_RETENTION
+# AWS's rule for SQS event sources: visibility timeout at least six times the function timeout (no batching
+# window here), so a batch that Lambda retries after throttling is not handed to a second function meanwhile.
+VISIBILITY_TIMEOUT_FACTOR = 6
 
 
 class StageFunction(Construct):
@@ -34,7 +41,9 @@ class StageFunction(Construct):
     The asset is the whole `lambdas/` folder minus the other handlers, so each function
     carries the shared `pipeline_common` package. The role has no managed policy:
     the function may write to its own log group, send to its own dead-letter queue,
-    and do what `allow()` adds, nothing else.
+    consume its own source queue (`add_source_queue`), and do what `allow()` adds, nothing else.
+    No reserved concurrency: the source queue's event source mapping bounds it, and a reservation
+    fails the deploy on accounts with the default 10 concurrent executions.
     """
 
     def __init__(
@@ -45,21 +54,22 @@ class StageFunction(Construct):
         handler: Handler,
         config: PipelineConfig,
         bucket_names: Mapping[BucketRole, str],
+        ledger_table: str,
         timeout: Duration,
         memory_mb: int,
         description: str,
-        reserved_concurrency: int | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.handler = handler
+        self.removal = RemovalPolicy.DESTROY if config.destroy_on_removal else RemovalPolicy.RETAIN
+        self.source_queue: sqs.Queue | None = None
         self._acknowledged: set[str] = set()
-        removal = RemovalPolicy.DESTROY if config.destroy_on_removal else RemovalPolicy.RETAIN
         others = [other.value for other in Handler if other is not handler]
         self.log_group = logs.LogGroup(
             self,
             "Logs",
             retention=retention_days(config.log_retention_days),
-            removal_policy=removal,
+            removal_policy=self.removal,
         )
         self.dead_letter_queue = sqs.Queue(
             self,
@@ -67,7 +77,7 @@ class StageFunction(Construct):
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
             retention_period=DLQ_RETENTION,
-            removal_policy=removal,
+            removal_policy=self.removal,
         )
         self.role = iam.Role(
             self,
@@ -86,13 +96,12 @@ class StageFunction(Construct):
             handler=handler.entry_point,
             description=description,
             # Exactly what local mode gives the handler too: one definition in infra/pipeline.py.
-            environment=handler_environment(handler, config, bucket_names),
+            environment=handler_environment(handler, config, bucket_names, ledger_table),
             timeout=timeout,
             memory_size=memory_mb,
             role=self.role,
             log_group=self.log_group,
             logging_format=lambda_.LoggingFormat.JSON,
-            reserved_concurrent_executions=reserved_concurrency,
             retry_attempts=ASYNC_RETRY_ATTEMPTS,
             max_event_age=MAX_EVENT_AGE,
             on_failure=destinations.SqsDestination(self.dead_letter_queue),
@@ -101,9 +110,54 @@ class StageFunction(Construct):
         acknowledge(
             self.dead_letter_queue,
             "AwsSolutions-SQS3",
-            "This queue is itself the dead-letter destination (Lambda on-failure destination) of the "
-            "function's asynchronous invocations; a further dead-letter queue would have nothing to catch.",
+            "This queue is itself the stage's dead-letter queue (the source queue's redrive target and the "
+            "Lambda on-failure destination of asynchronous invocations); a further one would have nothing to catch.",
         )
+
+    def add_source_queue(self, settings: QueueSettings) -> sqs.Queue:
+        """The queue S3 notifies for this stage, read by an event source mapping; made once per stage.
+
+        A message the function fails on `max_receive_count` times moves to the stage's dead-letter
+        queue as it is (a raw S3 event notification), where `make replay` finds it.
+        """
+        if self.source_queue is not None:
+            raise ValueError(f"{self.handler.value} already has a source queue")
+        timeout = self.function.timeout
+        assert timeout is not None  # always set in __init__
+        self.source_queue = sqs.Queue(
+            self,
+            "SourceQueue",
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            visibility_timeout=Duration.seconds(VISIBILITY_TIMEOUT_FACTOR * timeout.to_seconds()),
+            retention_period=SOURCE_QUEUE_RETENTION,
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.dead_letter_queue, max_receive_count=settings.max_receive_count
+            ),
+            removal_policy=self.removal,
+        )
+        # s3n.SqsDestination lets S3 send from the bucket's ARN only, and a bucket ARN names no account: a bucket
+        # of that name in another account (after ours is deleted) must not reach the queue (AWS's S3 -> SQS example).
+        self.source_queue.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="DenyS3NotificationsFromOtherAccounts",
+                effect=iam.Effect.DENY,
+                principals=[iam.ServicePrincipal("s3.amazonaws.com")],
+                actions=["sqs:SendMessage"],
+                resources=[self.source_queue.queue_arn],
+                conditions={"StringNotEquals": {"aws:SourceAccount": Stack.of(self).account}},
+            )
+        )
+        self.function.add_event_source(
+            event_sources.SqsEventSource(
+                self.source_queue,
+                batch_size=settings.batch_size,
+                max_concurrency=settings.max_concurrency,
+                # The handler names the records it failed on: only those are retried, never the whole batch.
+                report_batch_item_failures=True,
+            )
+        )
+        return self.source_queue
 
     def metric_errors(self, period: Duration) -> cloudwatch.Metric:
         """Invocations that ended in an error (Sum per period); each is retried, then dead-lettered."""

@@ -1,21 +1,30 @@
-"""The pipeline stages: audio -> Transcribe job, transcript -> Stable Diffusion image, failed job -> error record."""
+"""The pipeline stages: audio -> Transcribe job, transcript -> image, failed job -> error record, stuck -> swept."""
 
 from __future__ import annotations
 
 from aws_cdk import Duration, Stack
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from constructs import Construct
 
-from infra.components.stage_function import StageFunction
+from infra.components.ledger import UploadLedger
+from infra.components.stage_function import MAX_EVENT_AGE, StageFunction
 from infra.components.storage import PipelineBuckets
 from infra.config import PipelineConfig
 from infra.pipeline import (
     ERROR_PREFIX,
     IMAGE_PREFIX,
     JOB_NAME_PREFIX,
+    SWEEP_INTERVAL_MINUTES,
     TRANSCRIPT_PREFIX,
     BucketRole,
     Handler,
 )
+
+# EventBridge -> Lambda delivery only fails while Lambda refuses the invoke (throttled, mid-deploy); it
+# retries with backoff, at most this often and within the age Lambda itself allows an event, then
+# dead-letters the event.
+EVENT_DELIVERY_RETRY_ATTEMPTS = 24
 
 _KEYS_FROM_UPLOADS = (
     "Object keys mirror the uploaded recording's key, chosen by the user at run time; the pattern is "
@@ -34,35 +43,66 @@ def _pipeline_jobs_arn(scope: Construct) -> str:
     )
 
 
+def event_target(stage: StageFunction) -> targets.LambdaFunction:
+    """An EventBridge target for a stage: bounded retries, then the stage's dead-letter queue."""
+    return targets.LambdaFunction(
+        stage.function,
+        dead_letter_queue=stage.dead_letter_queue,
+        retry_attempts=EVENT_DELIVERY_RETRY_ATTEMPTS,
+        max_event_age=MAX_EVENT_AGE,
+    )
+
+
+def _allow_error_records(stage: StageFunction, buckets: PipelineBuckets) -> None:
+    """What every writer of an error record needs: write errors/<key>.json, remove the key's other result."""
+    output = buckets[BucketRole.OUTPUT]
+    stage.allow("s3:PutObject", output.arn_for_objects(f"{ERROR_PREFIX}*"), wildcard_reason=_KEYS_FROM_UPLOADS)
+    # One result per upload: an error record removes the key's stale image set, and a fresh start
+    # removes the stale error record of an earlier upload under the same key.
+    stage.allow(
+        "s3:DeleteObject",
+        output.arn_for_objects(f"{IMAGE_PREFIX}*"),
+        output.arn_for_objects(f"{ERROR_PREFIX}*"),
+        wildcard_reason=_KEYS_FROM_UPLOADS,
+    )
+
+
 class TranscribeTrigger(Construct):
     """Starts one Amazon Transcribe job per uploaded recording (`lambdas/transcribe_trigger`)."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, config: PipelineConfig, buckets: PipelineBuckets
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: PipelineConfig,
+        buckets: PipelineBuckets,
+        ledger: UploadLedger,
     ) -> None:
         super().__init__(scope, construct_id)
-        output = buckets[BucketRole.OUTPUT]
         self.stage = StageFunction(
             self,
             "Stage",
             handler=Handler.TRANSCRIBE_TRIGGER,
             config=config,
             bucket_names=buckets.names,
-            # One StartTranscriptionJob call and a 64-byte ranged read per record.
+            ledger_table=ledger.table_name,
+            # Up to ten records per batch, each a 64-byte ranged read, a ledger claim and one StartTranscriptionJob.
             timeout=Duration.seconds(60),
             memory_mb=256,
             description="speech-to-image: checks an uploaded recording and starts its Transcribe job",
         )
         self.function = self.stage.function
+        ledger.allow_claims(self.stage)
         self.stage.allow(
             "transcribe:StartTranscriptionJob", _pipeline_jobs_arn(self), wildcard_reason=_JOB_NAMES_FROM_UPLOADS
         )
+        inputs = buckets[BucketRole.INPUT].arn_for_objects("*")
+        uploads_reason = "Users upload recordings under keys of their choosing; read-only, one bucket."
         # Transcribe reads the media and writes the transcript with the caller's permissions.
-        self.stage.allow(
-            "s3:GetObject",
-            buckets[BucketRole.INPUT].arn_for_objects("*"),
-            wildcard_reason="Users upload recordings under keys of their choosing; read-only, one bucket.",
-        )
+        self.stage.allow("s3:GetObject", inputs, wildcard_reason=uploads_reason)
+        # The input bucket is versioned: the handler reads exactly the upload (version) its event names.
+        self.stage.allow("s3:GetObjectVersion", inputs, wildcard_reason=uploads_reason)
         # Without ListBucket a deleted upload reads as 403 instead of 404, and would be retried as a failure.
         self.stage.allow("s3:ListBucket", buckets[BucketRole.INPUT].bucket_arn)
         self.stage.allow(
@@ -70,22 +110,20 @@ class TranscribeTrigger(Construct):
             buckets[BucketRole.TRANSCRIPTS].arn_for_objects(f"{TRANSCRIPT_PREFIX}*"),
             wildcard_reason=_KEYS_FROM_UPLOADS,
         )
-        self.stage.allow("s3:PutObject", output.arn_for_objects(f"{ERROR_PREFIX}*"), wildcard_reason=_KEYS_FROM_UPLOADS)
-        # An error record removes the key's stale image set first, and a started job removes the stale
-        # error record of a failed earlier attempt: each upload has exactly one result.
-        self.stage.allow(
-            "s3:DeleteObject",
-            output.arn_for_objects(f"{IMAGE_PREFIX}*"),
-            output.arn_for_objects(f"{ERROR_PREFIX}*"),
-            wildcard_reason=_KEYS_FROM_UPLOADS,
-        )
+        _allow_error_records(self.stage, buckets)
 
 
 class ImageGenerator(Construct):
     """Turns a finished transcript into an image via the SageMaker endpoint (`lambdas/invoke_sd`)."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, config: PipelineConfig, buckets: PipelineBuckets
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: PipelineConfig,
+        buckets: PipelineBuckets,
+        ledger: UploadLedger,
     ) -> None:
         super().__init__(scope, construct_id)
         output = buckets[BucketRole.OUTPUT]
@@ -96,22 +134,18 @@ class ImageGenerator(Construct):
             handler=Handler.INVOKE_SD,
             config=config,
             bucket_names=buckets.names,
+            ledger_table=ledger.table_name,
             # Up to 4 endpoint attempts of at most 70 s read + 10 s connect each, plus backoff.
             timeout=Duration.minutes(6),
             memory_mb=512,
             description="speech-to-image: sends a transcript to Stable Diffusion and stores the image",
-            # The endpoint has one GPU; more parallel calls would only queue and time out.
-            reserved_concurrency=config.invoke_sd_concurrency,
         )
         self.function = self.stage.function
+        # The ledger, not the output bucket, says whether this upload is current and already has its result.
+        ledger.allow_claims(self.stage)
         self.stage.allow("s3:GetObject", transcripts, wildcard_reason=_KEYS_FROM_UPLOADS)
         # The transcripts bucket is versioned: the handler reads exactly the version its S3 event names.
         self.stage.allow("s3:GetObjectVersion", transcripts, wildcard_reason=_KEYS_FROM_UPLOADS)
-        # The current upload's ETag (ListObjectsV2) tells whether this transcript is superseded or gone.
-        self.stage.allow("s3:ListBucket", buckets[BucketRole.INPUT].bucket_arn)
-        # The repeat check reads images/<key>.json; ListBucket makes a missing one a 404, not a 403.
-        self.stage.allow("s3:GetObject", output.arn_for_objects(f"{IMAGE_PREFIX}*"), wildcard_reason=_KEYS_FROM_UPLOADS)
-        self.stage.allow("s3:ListBucket", output.bucket_arn)
         self.stage.allow(
             "s3:PutObject",
             output.arn_for_objects(f"{IMAGE_PREFIX}*"),
@@ -136,17 +170,23 @@ class TranscribeFailureRecorder(Construct):
     """Turns a FAILED Transcribe job of this pipeline into an error record (`lambdas/transcribe_failed`)."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, config: PipelineConfig, buckets: PipelineBuckets
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: PipelineConfig,
+        buckets: PipelineBuckets,
+        ledger: UploadLedger,
     ) -> None:
         super().__init__(scope, construct_id)
-        output = buckets[BucketRole.OUTPUT]
         self.stage = StageFunction(
             self,
             "Stage",
             handler=Handler.TRANSCRIBE_FAILED,
             config=config,
             bucket_names=buckets.names,
-            # One GetTranscriptionJob, one ListObjectsV2 and a few small S3 writes per event.
+            ledger_table=ledger.table_name,
+            # One GetTranscriptionJob, a ledger read and write, and a few small S3 writes per event.
             timeout=Duration.seconds(60),
             memory_mb=256,
             description="speech-to-image: writes the error record of a failed Transcribe job",
@@ -156,10 +196,49 @@ class TranscribeFailureRecorder(Construct):
         self.stage.allow(
             "transcribe:GetTranscriptionJob", _pipeline_jobs_arn(self), wildcard_reason=_JOB_NAMES_FROM_UPLOADS
         )
-        # The current upload's ETag (ListObjectsV2) tells whether the failed job is superseded or gone.
-        self.stage.allow("s3:ListBucket", buckets[BucketRole.INPUT].bucket_arn)
-        self.stage.allow("s3:PutObject", output.arn_for_objects(f"{ERROR_PREFIX}*"), wildcard_reason=_KEYS_FROM_UPLOADS)
-        # An error record removes the key's stale image set first, so each upload has exactly one result.
-        self.stage.allow(
-            "s3:DeleteObject", output.arn_for_objects(f"{IMAGE_PREFIX}*"), wildcard_reason=_KEYS_FROM_UPLOADS
+        # The ledger says whether the failed job still belongs to the current upload.
+        ledger.allow_claims(self.stage)
+        _allow_error_records(self.stage, buckets)
+
+
+class DeadlineSweeper(Construct):
+    """Gives every upload stuck in flight past `stuckAfterMinutes` an error record (`lambdas/sweeper`).
+
+    Runs on a schedule: a lost event (a Transcribe job that never reports, an endpoint that never
+    answers) must still end as exactly one result, and nothing but the clock notices it.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: PipelineConfig,
+        buckets: PipelineBuckets,
+        ledger: UploadLedger,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.stage = StageFunction(
+            self,
+            "Stage",
+            handler=Handler.SWEEPER,
+            config=config,
+            bucket_names=buckets.names,
+            ledger_table=ledger.table_name,
+            # Pages through the pending index and writes one error record per stuck upload.
+            timeout=Duration.minutes(5),
+            memory_mb=256,
+            description="speech-to-image: gives uploads stuck in flight an error record",
+        )
+        self.function = self.stage.function
+        ledger.allow_pending_query(self.stage)
+        ledger.allow_claims(self.stage)
+        _allow_error_records(self.stage, buckets)
+        # A missed or failed run is harmless: the next one finds the same uploads, which stay pending.
+        self.schedule = events.Rule(
+            self,
+            "Schedule",
+            description=f"speech-to-image: sweep stuck uploads every {SWEEP_INTERVAL_MINUTES} minutes",
+            schedule=events.Schedule.rate(Duration.minutes(SWEEP_INTERVAL_MINUTES)),
+            targets=[event_target(self.stage)],
         )

@@ -1,30 +1,36 @@
-"""InfraStack: buckets, the pipeline stages, the events between them, and the alarms that watch them."""
+"""InfraStack: buckets, the upload ledger, the pipeline stages, the events between them, and what watches them."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import CfnOutput, Duration, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_events as events
-from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_notifications as s3n
 from constructs import Construct
 
 from infra.components.alarms import ALARM_PERIOD, AlarmTopic, notify_alarm
-from infra.components.stage_function import MAX_EVENT_AGE, StageFunction
-from infra.components.stages import ImageGenerator, TranscribeFailureRecorder, TranscribeTrigger
+from infra.components.dashboard import PipelineDashboard
+from infra.components.ledger import UploadLedger
+from infra.components.stage_function import StageFunction
+from infra.components.stages import (
+    DeadlineSweeper,
+    ImageGenerator,
+    TranscribeFailureRecorder,
+    TranscribeTrigger,
+    event_target,
+)
 from infra.components.storage import PipelineBuckets
 from infra.config import PipelineConfig
 from infra.nag import acknowledge
 from infra.pipeline import BucketRole, Handler, event_routes, routes
 
-# EventBridge -> Lambda delivery only fails while Lambda refuses the invoke (throttled, mid-deploy); it
-# retries with backoff, at most this often and within the age Lambda itself allows an event, then
-# dead-letters the event.
-EVENT_DELIVERY_RETRY_ATTEMPTS = 24
+# A transcript waiting this long in invoke_sd's queue means the endpoint cannot keep up (or is down):
+# the uploads behind it will be swept as stuck unless someone looks.
+SOURCE_QUEUE_AGE_ALARM = Duration.minutes(30)
 
 
 class InfraStack(Stack):
@@ -35,21 +41,26 @@ class InfraStack(Stack):
             scope, construct_id, description="speech-to-image: buckets and the event-driven pipeline", **kwargs
         )
         self.buckets = PipelineBuckets(self, "Buckets", config=config)
-        self.transcribe_trigger = TranscribeTrigger(self, "TranscribeTrigger", config=config, buckets=self.buckets)
-        self.image_generator = ImageGenerator(self, "ImageGenerator", config=config, buckets=self.buckets)
-        self.transcribe_failure_recorder = TranscribeFailureRecorder(
-            self, "TranscribeFailureRecorder", config=config, buckets=self.buckets
-        )
+        self.ledger = UploadLedger(self, "Ledger", config=config)
+        parts = {"config": config, "buckets": self.buckets, "ledger": self.ledger}
+        self.transcribe_trigger = TranscribeTrigger(self, "TranscribeTrigger", **parts)
+        self.image_generator = ImageGenerator(self, "ImageGenerator", **parts)
+        self.transcribe_failure_recorder = TranscribeFailureRecorder(self, "TranscribeFailureRecorder", **parts)
+        self.sweeper = DeadlineSweeper(self, "Sweeper", **parts)
         self.stages: dict[Handler, StageFunction] = {
             stage.handler: stage
             for stage in (
                 self.transcribe_trigger.stage,
                 self.image_generator.stage,
                 self.transcribe_failure_recorder.stage,
+                self.sweeper.stage,
             )
         }
+        # S3 notifies a queue, not the function: a burst of uploads waits there for the event source mapping
+        # (bounded by MaximumConcurrency) instead of being throttled, retried twice and dead-lettered.
         for route in routes(config):
-            destination = s3n.LambdaDestination(self.stages[route.handler].function)
+            stage = self.stages[route.handler]
+            destination = s3n.SqsDestination(stage.source_queue or stage.add_source_queue(route.queue))
             # One notification per suffix (S3 allows one suffix per filter); a route without any gets one for all keys.
             for suffix in route.suffixes or (None,):
                 key_filters = (
@@ -67,19 +78,14 @@ class InfraStack(Stack):
                 event_route.name,
                 description=f"speech-to-image: {event_route.name} events to {event_route.handler.value}",
                 event_pattern=_event_pattern(event_route.pattern),
-                targets=[
-                    targets.LambdaFunction(
-                        stage.function,
-                        dead_letter_queue=stage.dead_letter_queue,
-                        retry_attempts=EVENT_DELIVERY_RETRY_ATTEMPTS,
-                        max_event_age=MAX_EVENT_AGE,
-                    )
-                ],
+                targets=[event_target(stage)],
             )
 
         self.alarm_topic = AlarmTopic(self, "Alarms", config=config)
         for stage in self.stages.values():
             self._alarm_on_failures(stage)
+        self._alarm_on_backlog(self.image_generator.stage)
+        self.dashboard = PipelineDashboard(self, "Dashboard", stages=self.stages)
 
         self._acknowledge_cdk_internals()
         self.model_bucket = self.buckets[BucketRole.MODEL]
@@ -93,13 +99,18 @@ class InfraStack(Stack):
             "EndpointName": (config.endpoint_name, "SageMaker endpoint invoke_sd calls"),
             "AlarmTopicArn": (self.alarm_topic.topic.topic_arn, "SNS topic every alarm notifies (subscribe here)"),
         }
-        # `make replay` finds the queues by these output names (they end in DeadLetterQueueUrl).
+        # `make replay` finds the queues by these output names: `<Stage>DeadLetterQueueUrl` holds what failed,
+        # `<Stage>QueueUrl` is where a redriven S3 event goes back to.
         for handler, stage in self.stages.items():
             camel = "".join(part.capitalize() for part in handler.value.split("_"))
             outputs[f"{camel}DeadLetterQueueUrl"] = (
                 stage.dead_letter_queue.queue_url,
                 f"Events {handler.value} failed on",
             )
+            if stage.source_queue is not None:
+                outputs[f"{camel}QueueUrl"] = (stage.source_queue.queue_url, f"S3 events waiting for {handler.value}")
+        outputs["LedgerTableName"] = (self.ledger.table_name, "The upload ledger (one item per upload key)")
+        outputs["DashboardName"] = (self.dashboard.dashboard.dashboard_name, "CloudWatch dashboard of the pipeline")
         for output_id, (value, description) in outputs.items():
             CfnOutput(self, output_id, value=value, description=description)
 
@@ -128,6 +139,23 @@ class InfraStack(Stack):
             # SQS stops publishing metrics for a queue left untouched for 6 hours, even with messages in it:
             # a gap must keep the alarm in ALARM, not report OK while events still wait.
             treat_missing_data=cloudwatch.TreatMissingData.IGNORE,
+        )
+
+    def _alarm_on_backlog(self, stage: StageFunction) -> None:
+        """An alarm when the oldest message in a stage's source queue has waited too long."""
+        assert stage.source_queue is not None
+        notify_alarm(
+            stage,
+            "BacklogAlarm",
+            metric=stage.source_queue.metric_approximate_age_of_oldest_message(
+                period=ALARM_PERIOD, statistic="Maximum"
+            ),
+            threshold=SOURCE_QUEUE_AGE_ALARM.to_seconds(),
+            description=f"A message has waited {SOURCE_QUEUE_AGE_ALARM.to_minutes()} minutes or more in "
+            f"{stage.handler.value}'s queue {stage.source_queue.queue_name}: the endpoint is down or cannot keep "
+            f"up. Check the endpoint's alarms and the log group {stage.log_group.log_group_name}; raise "
+            "invokeSdConcurrency only if the endpoint has capacity to spare.",
+            topic=self.alarm_topic.topic,
         )
 
     def _acknowledge_cdk_internals(self) -> None:

@@ -179,3 +179,17 @@ def test_endpoint_alarms_follow_the_configured_endpoint(synth_variant: Synth) ->
     assert synth_variant.endpoint_template.find_resources(
         "AWS::SageMaker::Endpoint", {"Properties": {"EndpointName": "My-SD-Endpoint"}}
     )
+
+
+def test_a_transcript_waiting_half_an_hour_for_the_gpu_alarms(synth: Synth) -> None:
+    (props,) = alarms_on(synth.infra_template, "ApproximateAgeOfOldestMessage")
+    assert props["Namespace"] == "AWS/SQS"
+    assert (props["Statistic"], props["Threshold"]) == ("Maximum", 30 * 60)  # seconds
+    assert props["TreatMissingData"] == "notBreaching"
+    assert_notifies(props, {"Ref": topic_id(synth)})
+    queue = synth.infra.stages[Handler.INVOKE_SD].source_queue
+    assert queue is not None
+    queue_id = synth.infra.get_logical_id(queue.node.default_child)
+    assert props["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue_id, "QueueName"]}}]
+    text = description(props)
+    assert "invoke_sd" in text and "endpoint" in text, "says what is slow and where to look"

@@ -23,14 +23,17 @@ def test_cli_strings_are_parsed_like_json_values() -> None:
     config = config_from(
         mediaFormats="MP3, wav",
         maxMediaMb="100",
-        invokeSdConcurrency="none",
+        invokeSdConcurrency="8",
+        transcribeTriggerConcurrency="1000",
+        stuckAfterMinutes="10080",
         languageCode="auto",
         languageOptions='["en-US", "fr-FR"]',
         imageParameters='{"seed": 7, "guidance_scale": "9"}',
     )
     assert config.media_formats == ("mp3", "wav")
     assert config.max_media_bytes == 100 * 1024 * 1024
-    assert config.invoke_sd_concurrency is None
+    assert (config.invoke_sd_concurrency, config.transcribe_trigger_concurrency) == (8, 1000)
+    assert config.stuck_after_minutes == 7 * 24 * 60
     assert config.language_options == ("en-US", "fr-FR")
     assert config.image == ImageParameters(seed=7, guidance_scale=9.0)
     assert config.image.as_dict()["seed"] == 7
@@ -57,6 +60,15 @@ def test_cli_strings_are_parsed_like_json_values() -> None:
         ("modelDataKey", "model.zip", "ending in .tar.gz"),
         ("account", "12345", "12-digit"),
         ("invokeSdConcurrency", "0", "out of range"),
+        # SQS event source mappings refuse MaximumConcurrency 1: the deploy would fail, not synth.
+        ("invokeSdConcurrency", "1", "expected 2..1000"),
+        ("invokeSdConcurrency", "1001", "expected 2..1000"),
+        ("invokeSdConcurrency", "many", "not a whole number"),
+        ("transcribeTriggerConcurrency", "1", "expected 2..1000"),
+        ("transcribeTriggerConcurrency", "1001", "expected 2..1000"),
+        ("stuckAfterMinutes", "14", "expected 15..10080"),
+        ("stuckAfterMinutes", "10081", "expected 15..10080"),
+        ("stuckAfterMinutes", "soon", "not a whole number"),
         ("minTranscriptConfidence", "1.5", "out of range"),
         ("minTranscriptConfidence", "-0.1", "out of range"),
         ("minTranscriptConfidence", "high", "not a number"),
@@ -68,6 +80,17 @@ def test_invalid_context_names_the_key_and_the_fix(key: str, value: str, message
     with pytest.raises(ConfigError, match=re.escape(message)) as error:
         config_from(**{key: value})
     assert key.split(".")[0] in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["none", "None", "off", "null"])
+def test_switching_invoke_sd_concurrency_off_is_refused_with_the_reason(value: str) -> None:
+    # The old "none" meant "reserve nothing"; now nothing is reserved anyway and the queue needs a bound.
+    with pytest.raises(ConfigError) as error:
+        config_from(invokeSdConcurrency=value)
+    message = str(error.value)
+    assert "invokeSdConcurrency" in message
+    assert "reserves no concurrency" in message, "says why the old switch is gone"
+    assert "2..1000" in message, "says what to give instead"
 
 
 def test_readme_documents_every_context_key() -> None:

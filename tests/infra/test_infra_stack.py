@@ -1,65 +1,16 @@
-"""InfraStack: buckets, notifications, EventBridge rule, Lambdas, least-privilege IAM, outputs."""
+"""InfraStack: buckets, EventBridge rules, Lambdas, dead-letter queues, outputs."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from aws_cdk.assertions import Match
 
-from infra.components.stage_function import StageFunction
 from infra.config import PipelineConfig
-from infra.nag import render_intrinsic
-from infra.pipeline import BucketRole, Handler, event_routes, handler_environment
+from infra.pipeline import VERSIONED_BUCKETS, BucketRole, Handler, event_routes, handler_environment
 
-from .conftest import ACCOUNT, REGION, Synth
-
-
-def bucket_id(synth: Synth, role: BucketRole) -> str:
-    """Logical id of a pipeline bucket, computed from the construct (never hard-coded)."""
-    bucket = synth.infra.buckets[role]
-    return synth.infra.get_logical_id(bucket.node.default_child)
-
-
-def function(synth: Synth, handler: Handler) -> tuple[str, dict[str, Any]]:
-    """The Lambda function resource running `handler`."""
-    found = synth.infra_template.find_resources(
-        "AWS::Lambda::Function", {"Properties": {"Handler": handler.entry_point}}
-    )
-    assert len(found) == 1, f"expected one function for {handler}, found {list(found)}"
-    return next(iter(found.items()))
-
-
-def statements(synth: Synth, handler: Handler) -> set[tuple[str, str]]:
-    """(action, rendered resource) pairs granted to a handler's role by its inline policies."""
-    _, fn = function(synth, handler)
-    role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
-    pairs: set[tuple[str, str]] = set()
-    policies = synth.infra_template.find_resources("AWS::IAM::Policy")
-    for policy in policies.values():
-        if {"Ref": role_id} not in policy["Properties"]["Roles"]:
-            continue
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
-            assert statement["Effect"] == "Allow"
-            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-            pairs |= {(action, render_intrinsic(resource)) for action in actions for resource in resources}
-    return pairs
-
-
-def arn(synth: Synth, role: BucketRole, suffix: str) -> str:
-    return f"<{bucket_id(synth, role)}.Arn>{suffix}"
-
-
-def stage(synth: Synth, handler: Handler) -> StageFunction:
-    """The construct that owns a handler's function, role, log group and dead-letter queue."""
-    return synth.infra.stages[handler]
-
-
-def logical_id(synth: Synth, construct: Any) -> str:
-    """Logical id of an L2 construct's CloudFormation resource in InfraStack."""
-    return synth.infra.get_logical_id(construct.node.default_child)
-
+from .conftest import Synth
+from .support import QUEUED, bucket_id, dead_letter_queue_id, function, logical_id, source_queue_id, stage
 
 # --- buckets -------------------------------------------------------------------------------
 
@@ -79,9 +30,11 @@ def test_five_private_encrypted_buckets(synth: Synth) -> None:
         assert "BucketName" not in props, "bucket names are generated, never physical"
 
 
-def test_only_the_transcripts_bucket_is_versioned_and_old_versions_expire_after_a_day(
+def test_uploads_and_transcripts_are_versioned_and_old_versions_expire_after_a_day(
     synth: Synth, synth_variant: Synth
 ) -> None:
+    # An upload's identity is its version id: a handler reads exactly the upload (or transcript) its event names.
+    assert {BucketRole.INPUT, BucketRole.TRANSCRIPTS} == VERSIONED_BUCKETS
     for result in (synth, synth_variant):
         buckets = result.infra_template.find_resources("AWS::S3::Bucket")
         versioned = {
@@ -89,17 +42,18 @@ def test_only_the_transcripts_bucket_is_versioned_and_old_versions_expire_after_
             for logical_id, bucket in buckets.items()
             if bucket["Properties"].get("VersioningConfiguration") == {"Status": "Enabled"}
         }
-        assert versioned == {bucket_id(result, BucketRole.TRANSCRIPTS)}
-        rules = buckets[bucket_id(result, BucketRole.TRANSCRIPTS)]["Properties"]["LifecycleConfiguration"]["Rules"]
-        assert rules == [
-            {
-                "Id": "ExpireReplacedVersions",
-                "Status": "Enabled",
-                "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
-                "ExpiredObjectDeleteMarker": True,
-            }
-        ]
-        for role in (BucketRole.INPUT, BucketRole.OUTPUT, BucketRole.MODEL):
+        assert versioned == {bucket_id(result, BucketRole.INPUT), bucket_id(result, BucketRole.TRANSCRIPTS)}
+        for role in (BucketRole.INPUT, BucketRole.TRANSCRIPTS):
+            rules = buckets[bucket_id(result, role)]["Properties"]["LifecycleConfiguration"]["Rules"]
+            assert rules == [
+                {
+                    "Id": "ExpireReplacedVersions",
+                    "Status": "Enabled",
+                    "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+                    "ExpiredObjectDeleteMarker": True,
+                }
+            ]
+        for role in (BucketRole.OUTPUT, BucketRole.MODEL):
             assert "LifecycleConfiguration" not in buckets[bucket_id(result, role)]["Properties"]
 
 
@@ -133,7 +87,7 @@ def test_removal_destroy_empties_and_deletes_everything_but_the_access_logs(synt
     assert {resource["Properties"]["BucketName"]["Ref"] for resource in auto_delete.values()} == pipeline
     # S3 keeps delivering access logs while the other buckets are emptied: this one is always kept.
     assert buckets[log_bucket]["DeletionPolicy"] == "Retain"
-    for resource_type in ("AWS::Logs::LogGroup", "AWS::SQS::Queue", "AWS::KMS::Key"):
+    for resource_type in ("AWS::Logs::LogGroup", "AWS::SQS::Queue", "AWS::KMS::Key", "AWS::DynamoDB::Table"):
         assert {r["DeletionPolicy"] for r in synth.infra_template.find_resources(resource_type).values()} == {"Delete"}
 
 
@@ -141,78 +95,18 @@ def test_removal_retain_keeps_buckets_and_their_objects(synth_variant: Synth) ->
     template = synth_variant.infra_template
     assert {b["DeletionPolicy"] for b in template.find_resources("AWS::S3::Bucket").values()} == {"Retain"}
     assert template.find_resources("Custom::S3AutoDeleteObjects") == {}
-    for resource_type in ("AWS::Logs::LogGroup", "AWS::SQS::Queue", "AWS::KMS::Key"):
+    for resource_type in ("AWS::Logs::LogGroup", "AWS::SQS::Queue", "AWS::KMS::Key", "AWS::DynamoDB::Table"):
         assert {r["DeletionPolicy"] for r in template.find_resources(resource_type).values()} == {"Retain"}
-
-
-# --- notifications -------------------------------------------------------------------------
-
-
-def notifications(synth: Synth) -> dict[str, list[dict[str, Any]]]:
-    """LambdaFunctionConfigurations by bucket logical id."""
-    found = synth.infra_template.find_resources("Custom::S3BucketNotifications")
-    result = {}
-    for resource in found.values():
-        config = resource["Properties"]["NotificationConfiguration"]
-        assert set(config) == {"LambdaFunctionConfigurations"}, "only Lambda notifications are wired"
-        result[resource["Properties"]["BucketName"]["Ref"]] = config["LambdaFunctionConfigurations"]
-    return result
-
-
-def filters(configs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
-    out = set()
-    for config in configs:
-        rules = {rule["Name"]: rule["Value"] for rule in config.get("Filter", {}).get("Key", {}).get("FilterRules", [])}
-        target = config["LambdaFunctionArn"]["Fn::GetAtt"][0]
-        (event,) = config["Events"]
-        out.add((event, target, rules.get("prefix", ""), rules.get("suffix", "")))
-    return out
-
-
-def test_every_upload_triggers_transcribe_trigger(synth: Synth) -> None:
-    # No suffix filter: a .txt or .Mp3 upload must reach the trigger, which answers it with an error record.
-    trigger_id, _ = function(synth, Handler.TRANSCRIBE_TRIGGER)
-    [config] = notifications(synth)[bucket_id(synth, BucketRole.INPUT)]
-    assert "Filter" not in config
-    assert filters([config]) == {("s3:ObjectCreated:*", trigger_id, "", "")}
-
-
-def test_media_formats_from_context_reach_the_trigger_not_the_filters(synth_variant: Synth) -> None:
-    [config] = notifications(synth_variant)[bucket_id(synth_variant, BucketRole.INPUT)]
-    assert "Filter" not in config
-    _, trigger = function(synth_variant, Handler.TRANSCRIBE_TRIGGER)
-    assert trigger["Properties"]["Environment"]["Variables"]["MEDIA_FORMATS"] == "mp3,wav"
-
-
-def test_transcripts_trigger_invoke_sd_and_output_triggers_nothing(synth: Synth) -> None:
-    invoke_id, _ = function(synth, Handler.INVOKE_SD)
-    wired = notifications(synth)
-    assert filters(wired[bucket_id(synth, BucketRole.TRANSCRIPTS)]) == {
-        ("s3:ObjectCreated:*", invoke_id, "transcripts/", ".json")
-    }
-    # No recursion: results never start another run; the model bucket triggers nothing either.
-    assert set(wired) == {bucket_id(synth, BucketRole.INPUT), bucket_id(synth, BucketRole.TRANSCRIPTS)}
-
-
-def test_s3_may_invoke_each_function_only_from_its_bucket(synth: Synth) -> None:
-    for handler, role in ((Handler.TRANSCRIBE_TRIGGER, BucketRole.INPUT), (Handler.INVOKE_SD, BucketRole.TRANSCRIPTS)):
-        fn_id, _ = function(synth, handler)
-        synth.infra_template.has_resource_properties(
-            "AWS::Lambda::Permission",
-            {
-                "Principal": "s3.amazonaws.com",
-                "FunctionName": {"Fn::GetAtt": [fn_id, "Arn"]},
-                "SourceArn": {"Fn::GetAtt": [bucket_id(synth, role), "Arn"]},
-                "SourceAccount": ACCOUNT,
-            },
-        )
 
 
 # --- EventBridge ---------------------------------------------------------------------------
 
 
 def test_failed_pipeline_jobs_reach_transcribe_failed_through_the_shared_event_pattern(synth: Synth) -> None:
-    rules = synth.infra_template.find_resources("AWS::Events::Rule")
+    # The other rule is the sweeper's schedule (tests/infra/test_ledger.py).
+    rules = synth.infra_template.find_resources(
+        "AWS::Events::Rule", {"Properties": {"EventPattern": Match.any_value()}}
+    )
     routes = event_routes(PipelineConfig())
     assert len(rules) == len(routes) == 1
     ((rule_id, rule),) = rules.items()
@@ -263,16 +157,16 @@ def test_failed_pipeline_jobs_reach_transcribe_failed_through_the_shared_event_p
     )
 
 
-def test_only_eventbridge_and_s3_invoke_the_functions(synth: Synth) -> None:
+def test_only_eventbridge_invokes_functions_directly(synth: Synth) -> None:
+    # S3 notifies queues now: no function may be invoked by S3 (an old permission would outlive the design).
     principals = {
         (perm["Properties"]["FunctionName"]["Fn::GetAtt"][0], perm["Properties"]["Principal"])
         for perm in synth.infra_template.find_resources("AWS::Lambda::Permission").values()
         if perm["Properties"]["FunctionName"].get("Fn::GetAtt", [""])[0] in {function(synth, h)[0] for h in Handler}
     }
     assert principals == {
-        (function(synth, Handler.TRANSCRIBE_TRIGGER)[0], "s3.amazonaws.com"),
-        (function(synth, Handler.INVOKE_SD)[0], "s3.amazonaws.com"),
         (function(synth, Handler.TRANSCRIBE_FAILED)[0], "events.amazonaws.com"),
+        (function(synth, Handler.SWEEPER)[0], "events.amazonaws.com"),
     }
 
 
@@ -303,23 +197,22 @@ def test_timeouts_are_sized_to_the_work(synth: Synth) -> None:
     assert function(synth, Handler.TRANSCRIBE_TRIGGER)[1]["Properties"]["Timeout"] == 60
     failed = function(synth, Handler.TRANSCRIBE_FAILED)[1]["Properties"]
     assert (failed["Timeout"], failed["MemorySize"]) == (60, 256)
+    sweeper = function(synth, Handler.SWEEPER)[1]["Properties"]
+    assert (sweeper["Timeout"], sweeper["MemorySize"]) == (300, 256)
     # Four endpoint attempts of up to 70 s read + 10 s connect (the real-time limit is 60 s) plus backoff.
     assert function(synth, Handler.INVOKE_SD)[1]["Properties"]["Timeout"] >= 4 * 80 + 10
 
 
-def test_invoke_sd_concurrency_is_reserved_and_can_be_switched_off(synth: Synth, synth_variant: Synth) -> None:
-    assert function(synth, Handler.INVOKE_SD)[1]["Properties"]["ReservedConcurrentExecutions"] == 2
-    assert "ReservedConcurrentExecutions" not in function(synth, Handler.TRANSCRIBE_TRIGGER)[1]["Properties"]
-    assert "ReservedConcurrentExecutions" not in function(synth, Handler.TRANSCRIBE_FAILED)[1]["Properties"]
-    assert "ReservedConcurrentExecutions" not in function(synth_variant, Handler.INVOKE_SD)[1]["Properties"]
-
-
-def test_failed_events_go_to_an_encrypted_ssl_only_dead_letter_queue(synth: Synth) -> None:
+def test_every_function_has_an_encrypted_ssl_only_dead_letter_queue_kept_14_days(synth: Synth) -> None:
     queues = synth.infra_template.find_resources("AWS::SQS::Queue")
-    assert len(queues) == len(Handler) == 3
+    dead_letter_queues = {dead_letter_queue_id(synth, handler) for handler in Handler}
+    assert len(dead_letter_queues) == len(Handler) == 4, "one per function"
+    assert set(queues) == dead_letter_queues | {source_queue_id(synth, handler) for handler in QUEUED}
     for queue in queues.values():
         assert queue["Properties"]["SqsManagedSseEnabled"] is True
         assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
+    for queue_id in dead_letter_queues:
+        assert "RedrivePolicy" not in queues[queue_id]["Properties"], "the end of the line"
     secured = set()
     for policy in synth.infra_template.find_resources("AWS::SQS::QueuePolicy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
@@ -329,16 +222,17 @@ def test_failed_events_go_to_an_encrypted_ssl_only_dead_letter_queue(synth: Synt
             ):
                 secured |= {ref["Ref"] for ref in policy["Properties"]["Queues"]}
     assert secured == set(queues)
-    invoke_configs = synth.infra_template.find_resources("AWS::Lambda::EventInvokeConfig")
+
+
+def test_failed_asynchronous_invocations_go_to_the_functions_dead_letter_queue(synth: Synth) -> None:
+    # EventBridge and the schedule invoke asynchronously; the queued stages keep the same safety net.
     targets = {}
-    for config in invoke_configs.values():
+    for config in synth.infra_template.find_resources("AWS::Lambda::EventInvokeConfig").values():
         props = config["Properties"]
         assert props["MaximumRetryAttempts"] == 2
         assert props["MaximumEventAgeInSeconds"] == 6 * 3600
         targets[props["FunctionName"]["Ref"]] = props["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0]
-    fn_ids = {function(synth, handler)[0] for handler in Handler}
-    assert set(targets) == fn_ids
-    assert set(targets.values()) == set(queues), "each function has its own dead-letter queue"
+    assert targets == {function(synth, handler)[0]: dead_letter_queue_id(synth, handler) for handler in Handler}
 
 
 def test_lambda_assets_hold_only_their_own_handler_and_the_shared_package(synth: Synth) -> None:
@@ -352,13 +246,18 @@ def test_lambda_assets_hold_only_their_own_handler_and_the_shared_package(synth:
         assert not list(folder.rglob("__pycache__"))
 
 
-def test_handler_environment_is_the_shared_definition(synth: Synth) -> None:
-    names = {role: {"Ref": bucket_id(synth, role)} for role in BucketRole}
-    for handler in Handler:
-        _, fn = function(synth, handler)
-        env = fn["Properties"]["Environment"]["Variables"]
-        config = PipelineConfig.from_context(synth.app.node.try_get_context)
-        assert env == handler_environment(handler, config, names)
+def test_handler_environment_is_the_shared_definition(synth: Synth, synth_variant: Synth) -> None:
+    for result in (synth, synth_variant):
+        names = {role: {"Ref": bucket_id(result, role)} for role in BucketRole}
+        table = {"Ref": logical_id(result, result.infra.ledger.table)}
+        config = PipelineConfig.from_context(result.app.node.try_get_context)
+        for handler in Handler:
+            _, fn = function(result, handler)
+            env = fn["Properties"]["Environment"]["Variables"]
+            assert env == handler_environment(handler, config, names, table)
+            assert env["LEDGER_TABLE"] == table, "every handler finds the ledger"
+    sweeper = function(synth_variant, Handler.SWEEPER)[1]["Properties"]["Environment"]["Variables"]
+    assert (sweeper["LEDGER_PENDING_INDEX"], sweeper["STUCK_AFTER_MINUTES"]) == ("pending-by-age", "60")
 
 
 def test_transcription_language_is_fixed_or_identified(synth: Synth, synth_variant: Synth) -> None:
@@ -381,95 +280,6 @@ def test_image_parameters_come_from_context(synth: Synth, synth_variant: Synth) 
     assert json.loads(env["IMAGE_PARAMETERS"])["height"] == 768
 
 
-# --- IAM -----------------------------------------------------------------------------------
-
-
-PIPELINE_JOBS = f"arn:<AWS::Partition>:transcribe:{REGION}:{ACCOUNT}:transcription-job/s2i-*"
-
-
-def own_infra(synth: Synth, handler: Handler) -> set[tuple[str, str]]:
-    """What every stage may do besides its task: write its own log group, send to its own queue."""
-    log_group = f"<{logical_id(synth, stage(synth, handler).log_group)}.Arn>"
-    queue = f"<{logical_id(synth, stage(synth, handler).dead_letter_queue)}.Arn>"
-    return {
-        ("logs:CreateLogStream", log_group),
-        ("logs:PutLogEvents", log_group),
-        ("sqs:SendMessage", queue),
-        ("sqs:GetQueueAttributes", queue),
-        ("sqs:GetQueueUrl", queue),
-    }
-
-
-def test_transcribe_trigger_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
-    assert statements(synth, Handler.TRANSCRIBE_TRIGGER) == own_infra(synth, Handler.TRANSCRIBE_TRIGGER) | {
-        # Only this pipeline's jobs (JOB_NAME_PREFIX), not every job in the account.
-        ("transcribe:StartTranscriptionJob", PIPELINE_JOBS),
-        ("s3:GetObject", arn(synth, BucketRole.INPUT, "/*")),
-        ("s3:ListBucket", arn(synth, BucketRole.INPUT, "")),
-        ("s3:PutObject", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
-        ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
-        # An error record first removes the key's stale image set; a started job, a stale error record.
-        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
-        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
-    }
-
-
-def test_invoke_sd_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
-    assert statements(synth, Handler.INVOKE_SD) == own_infra(synth, Handler.INVOKE_SD) | {
-        # The exact transcript version its event names.
-        ("s3:GetObject", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
-        ("s3:GetObjectVersion", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
-        # The current upload's ETag: superseded or gone?
-        ("s3:ListBucket", arn(synth, BucketRole.INPUT, "")),
-        # The repeat check reads images/<key>.json (a missing one must read as 404, not 403).
-        ("s3:GetObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
-        ("s3:ListBucket", arn(synth, BucketRole.OUTPUT, "")),
-        ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
-        ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
-        # One result per upload: each kind of result removes the other.
-        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
-        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
-        ("sagemaker:InvokeEndpoint", f"arn:<AWS::Partition>:sagemaker:{REGION}:{ACCOUNT}:endpoint/speech-to-image-sd"),
-    }
-
-
-def test_transcribe_failed_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
-    assert statements(synth, Handler.TRANSCRIBE_FAILED) == own_infra(synth, Handler.TRANSCRIBE_FAILED) | {
-        ("transcribe:GetTranscriptionJob", PIPELINE_JOBS),
-        ("s3:ListBucket", arn(synth, BucketRole.INPUT, "")),
-        ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
-        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
-    }
-
-
-def test_no_function_may_change_uploads_transcripts_or_the_model(synth: Synth) -> None:
-    writes = {"s3:PutObject", "s3:DeleteObject"}
-    for handler in Handler:
-        for action, resource in statements(synth, handler):
-            if action in writes and resource.startswith("<Buckets"):
-                assert resource.startswith(arn(synth, BucketRole.OUTPUT, "/")) or (
-                    handler is Handler.TRANSCRIBE_TRIGGER and action == "s3:PutObject"
-                ), f"{handler} may {action} {resource}"
-
-
-def test_no_wildcard_actions_and_no_managed_policies_on_pipeline_roles(synth: Synth) -> None:
-    for handler in Handler:
-        for action, _ in statements(synth, handler):
-            assert "*" not in action
-        _, fn = function(synth, handler)
-        role = synth.infra_template.find_resources("AWS::IAM::Role")[fn["Properties"]["Role"]["Fn::GetAtt"][0]]
-        assert "ManagedPolicyArns" not in role["Properties"]
-
-
-def test_endpoint_arn_is_lower_cased_like_sagemaker_does(synth_variant: Synth) -> None:
-    assert (
-        "sagemaker:InvokeEndpoint",
-        f"arn:<AWS::Partition>:sagemaker:{REGION}:{ACCOUNT}:endpoint/my-sd-endpoint",
-    ) in statements(synth_variant, Handler.INVOKE_SD)
-    env = function(synth_variant, Handler.INVOKE_SD)[1]["Properties"]["Environment"]["Variables"]
-    assert env["ENDPOINT_NAME"] == "My-SD-Endpoint"
-
-
 # --- outputs -------------------------------------------------------------------------------
 
 
@@ -486,15 +296,21 @@ def test_outputs_name_every_bucket_and_the_endpoint(synth: Synth) -> None:
     assert outputs["AccessLogBucketName"]["Value"] == {"Ref": log_bucket}
     assert outputs["EndpointName"]["Value"] == "speech-to-image-sd"
     assert outputs["ModelDataKey"]["Value"] == "models/stable-diffusion-v1-4/model.tar.gz"
-    queues = {name: output["Value"] for name, output in outputs.items() if name.endswith("DeadLetterQueueUrl")}
+    assert outputs["LedgerTableName"]["Value"] == {"Ref": logical_id(synth, synth.infra.ledger.table)}
+    assert outputs["DashboardName"]["Value"] == {"Ref": logical_id(synth, synth.infra.dashboard.dashboard)}
+
+
+def test_outputs_name_every_queue_for_make_replay(synth: Synth) -> None:
+    # `make replay` pairs `<Stage>DeadLetterQueueUrl` with `<Stage>QueueUrl` by these exact names.
+    outputs = synth.infra_template.find_outputs("*")
+    queues = {name: output["Value"] for name, output in outputs.items() if name.endswith("QueueUrl")}
     assert queues == {
-        "TranscribeTriggerDeadLetterQueueUrl": {
-            "Ref": logical_id(synth, stage(synth, Handler.TRANSCRIBE_TRIGGER).dead_letter_queue)
-        },
-        "InvokeSdDeadLetterQueueUrl": {"Ref": logical_id(synth, stage(synth, Handler.INVOKE_SD).dead_letter_queue)},
-        "TranscribeFailedDeadLetterQueueUrl": {
-            "Ref": logical_id(synth, stage(synth, Handler.TRANSCRIBE_FAILED).dead_letter_queue)
-        },
+        "TranscribeTriggerDeadLetterQueueUrl": {"Ref": dead_letter_queue_id(synth, Handler.TRANSCRIBE_TRIGGER)},
+        "InvokeSdDeadLetterQueueUrl": {"Ref": dead_letter_queue_id(synth, Handler.INVOKE_SD)},
+        "TranscribeFailedDeadLetterQueueUrl": {"Ref": dead_letter_queue_id(synth, Handler.TRANSCRIBE_FAILED)},
+        "SweeperDeadLetterQueueUrl": {"Ref": dead_letter_queue_id(synth, Handler.SWEEPER)},
+        "TranscribeTriggerQueueUrl": {"Ref": source_queue_id(synth, Handler.TRANSCRIBE_TRIGGER)},
+        "InvokeSdQueueUrl": {"Ref": source_queue_id(synth, Handler.INVOKE_SD)},
     }
     assert outputs["AlarmTopicArn"]["Value"] == {"Ref": logical_id(synth, synth.infra.alarm_topic.topic)}
 

@@ -1,0 +1,124 @@
+"""Least privilege: every pipeline role holds exactly the statements its handler needs, each on a scoped ARN."""
+
+from __future__ import annotations
+
+from infra.pipeline import BucketRole, Handler
+
+from .conftest import ACCOUNT, REGION, Synth
+from .support import arn, function, logical_id, source_queue_id, stage, statements
+
+PIPELINE_JOBS = f"arn:<AWS::Partition>:transcribe:{REGION}:{ACCOUNT}:transcription-job/s2i-*"
+
+
+def own_infra(synth: Synth, handler: Handler) -> set[tuple[str, str]]:
+    """What every stage may do besides its task: write its own log group, send to its own dead-letter queue."""
+    log_group = f"<{logical_id(synth, stage(synth, handler).log_group)}.Arn>"
+    queue = f"<{logical_id(synth, stage(synth, handler).dead_letter_queue)}.Arn>"
+    return {
+        ("logs:CreateLogStream", log_group),
+        ("logs:PutLogEvents", log_group),
+        ("sqs:SendMessage", queue),
+        ("sqs:GetQueueAttributes", queue),
+        ("sqs:GetQueueUrl", queue),
+    }
+
+
+def consumes(synth: Synth, handler: Handler) -> set[tuple[str, str]]:
+    """What the event source mapping needs on the stage's own source queue (the CDK's consume grant)."""
+    queue = f"<{source_queue_id(synth, handler)}.Arn>"
+    actions = ("ReceiveMessage", "ChangeMessageVisibility", "DeleteMessage", "GetQueueAttributes", "GetQueueUrl")
+    return {(f"sqs:{action}", queue) for action in actions}
+
+
+def ledger(synth: Synth) -> set[tuple[str, str]]:
+    """Read an upload's ledger item and advance it with a conditional write: one table, no index, no scan."""
+    table = f"<{logical_id(synth, synth.infra.ledger.table)}.Arn>"
+    return {("dynamodb:GetItem", table), ("dynamodb:UpdateItem", table)}
+
+
+def error_records(synth: Synth) -> set[tuple[str, str]]:
+    """Write errors/<key>.json and remove the key's other result: one result per upload."""
+    return {
+        ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
+        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
+        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
+    }
+
+
+def test_transcribe_trigger_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
+    expected = own_infra(synth, Handler.TRANSCRIBE_TRIGGER) | consumes(synth, Handler.TRANSCRIBE_TRIGGER)
+    assert statements(synth, Handler.TRANSCRIBE_TRIGGER) == expected | ledger(synth) | error_records(synth) | {
+        # Only this pipeline's jobs (JOB_NAME_PREFIX), not every job in the account.
+        ("transcribe:StartTranscriptionJob", PIPELINE_JOBS),
+        # The exact upload (version) its event names; Transcribe reads the media with these rights too.
+        ("s3:GetObject", arn(synth, BucketRole.INPUT, "/*")),
+        ("s3:GetObjectVersion", arn(synth, BucketRole.INPUT, "/*")),
+        # A deleted upload must read as 404, not 403.
+        ("s3:ListBucket", arn(synth, BucketRole.INPUT, "")),
+        ("s3:PutObject", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
+    }
+
+
+def test_invoke_sd_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
+    expected = own_infra(synth, Handler.INVOKE_SD) | consumes(synth, Handler.INVOKE_SD) | ledger(synth)
+    # No ListBucket and no reads of images/: the ledger, not the buckets, says what is current and finished.
+    assert statements(synth, Handler.INVOKE_SD) == expected | {
+        # The exact transcript version its event names.
+        ("s3:GetObject", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
+        ("s3:GetObjectVersion", arn(synth, BucketRole.TRANSCRIPTS, "/transcripts/*")),
+        ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
+        ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
+        # One result per upload: each kind of result removes the other.
+        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
+        ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
+        ("sagemaker:InvokeEndpoint", f"arn:<AWS::Partition>:sagemaker:{REGION}:{ACCOUNT}:endpoint/speech-to-image-sd"),
+    }
+
+
+def test_transcribe_failed_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
+    expected = own_infra(synth, Handler.TRANSCRIBE_FAILED) | ledger(synth) | error_records(synth)
+    assert statements(synth, Handler.TRANSCRIBE_FAILED) == expected | {
+        ("transcribe:GetTranscriptionJob", PIPELINE_JOBS),
+    }
+
+
+def test_sweeper_has_exactly_the_permissions_it_needs(synth: Synth) -> None:
+    table = f"<{logical_id(synth, synth.infra.ledger.table)}.Arn>"
+    expected = own_infra(synth, Handler.SWEEPER) | ledger(synth) | error_records(synth)
+    # Query on the pending index only: never a Scan, never the table's own items by query.
+    assert statements(synth, Handler.SWEEPER) == expected | {("dynamodb:Query", f"{table}/index/pending-by-age")}
+
+
+def test_only_the_sweeper_may_query_the_ledger_and_nobody_may_scan_or_delete_it(synth: Synth) -> None:
+    for handler in Handler:
+        actions = {action for action, _ in statements(synth, handler) if action.startswith("dynamodb:")}
+        assert actions <= {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query"}
+        assert ("dynamodb:Query" in actions) == (handler is Handler.SWEEPER)
+
+
+def test_no_function_may_change_uploads_transcripts_or_the_model(synth: Synth) -> None:
+    writes = {"s3:PutObject", "s3:DeleteObject"}
+    for handler in Handler:
+        for action, resource in statements(synth, handler):
+            if action in writes and resource.startswith("<Buckets"):
+                assert resource.startswith(arn(synth, BucketRole.OUTPUT, "/")) or (
+                    handler is Handler.TRANSCRIBE_TRIGGER and action == "s3:PutObject"
+                ), f"{handler} may {action} {resource}"
+
+
+def test_no_wildcard_actions_and_no_managed_policies_on_pipeline_roles(synth: Synth) -> None:
+    for handler in Handler:
+        for action, _ in statements(synth, handler):
+            assert "*" not in action
+        _, fn = function(synth, handler)
+        role = synth.infra_template.find_resources("AWS::IAM::Role")[fn["Properties"]["Role"]["Fn::GetAtt"][0]]
+        assert "ManagedPolicyArns" not in role["Properties"]
+
+
+def test_endpoint_arn_is_lower_cased_like_sagemaker_does(synth_variant: Synth) -> None:
+    assert (
+        "sagemaker:InvokeEndpoint",
+        f"arn:<AWS::Partition>:sagemaker:{REGION}:{ACCOUNT}:endpoint/my-sd-endpoint",
+    ) in statements(synth_variant, Handler.INVOKE_SD)
+    env = function(synth_variant, Handler.INVOKE_SD)[1]["Properties"]["Environment"]["Variables"]
+    assert env["ENDPOINT_NAME"] == "My-SD-Endpoint"
