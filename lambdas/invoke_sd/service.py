@@ -156,7 +156,10 @@ def _generate(
         return _generate_with_lease(deps, entry, transcript, prompt, transcript_truncated, location, read_s, reject)
     except BaseException:
         # Transient or unexpected: give the lease back so the queue's retry need not wait for it to run out.
-        results.ledger.end_generation(key, entry.upload_id, token=token)
+        try:
+            results.ledger.end_generation(key, entry.upload_id, token=token)
+        except Exception:
+            logger.exception("generation lease not given back; it runs out on its own", extra={"key": key})
         raise
 
 
