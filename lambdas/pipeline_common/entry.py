@@ -7,6 +7,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
 from pipeline_common.batch import process_each
 from pipeline_common.events import S3Record, parse_s3_event
 
@@ -28,30 +31,29 @@ def is_sqs_batch(event: Any) -> bool:
 def handle_s3_event(event: Any, context: Any, process: Callable[[S3Record], Reportable]) -> dict[str, Any]:
     """Run `process` on every object-created record; test events give no results.
 
-    An SQS batch (the queue in front of each function) answers with `batchItemFailures`: the messages
-    with a failed record go back to the queue, the others are done. A plain S3 event (a replay, a test)
-    raises at the end if any record failed, so Lambda's retries and dead-letter queue apply.
+    An SQS batch (the queue in front of each function) answers with `batchItemFailures` (Powertools'
+    BatchProcessor): the messages with a failed record go back to the queue, the others are done. A plain
+    S3 event (a replay, a test) raises at the end if any record failed, so Lambda's retries and
+    dead-letter queue apply.
     """
     request_id = getattr(context, "aws_request_id", None)
-    if is_sqs_batch(event):
-        messages = event["Records"]
-        logger.info("batch received", extra={"messages": len(messages), "request_id": request_id})
-        results: list[dict[str, Any]] = []
-        failures: list[dict[str, str]] = []
-        for message in messages:
-            try:
-                records = parse_s3_event(json.loads(message["body"]))
-                results += [result.as_dict() for result in process_each(records, process)]
-            except Exception:
-                # Only this message is retried; a message that never parses ends in the dead-letter queue.
-                logger.exception(
-                    "message failed; it returns to the queue", extra={"message_id": message.get("messageId")}
-                )
-                failures.append({"itemIdentifier": str(message.get("messageId"))})
-        return {"batchItemFailures": failures, "results": results}
-    records = parse_s3_event(event)
-    logger.info("event received", extra={"records": len(records), "request_id": request_id})
-    return {"results": [result.as_dict() for result in process_each(records, process)]}
+    if not is_sqs_batch(event):
+        records = parse_s3_event(event)
+        logger.info("event received", extra={"records": len(records), "request_id": request_id})
+        return {"results": [result.as_dict() for result in process_each(records, process)]}
+
+    def process_message(record: SQSRecord) -> list[dict[str, Any]]:
+        # BatchProcessor passes the message as `record=`. A message that never parses fails every receive
+        # and ends in the dead-letter queue, where it is seen.
+        return [result.as_dict() for result in process_each(parse_s3_event(json.loads(record.body)), process)]
+
+    logger.info("batch received", extra={"messages": len(event["Records"]), "request_id": request_id})
+    # An all-failed batch is reported like any other, not raised: the same messages are retried either way.
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    with processor(records=event["Records"], handler=process_message):
+        outcomes = processor.process()
+    results = [item for status, value, _ in outcomes if status == "success" for item in value]
+    return {**processor.response(), "results": results}
 
 
 def remaining_seconds(context: Any) -> Callable[[], float] | None:

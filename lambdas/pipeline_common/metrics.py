@@ -1,17 +1,16 @@
-"""CloudWatch metrics in the Embedded Metric Format: one JSON log line per data point, no API call.
+"""CloudWatch metrics in the Embedded Metric Format, through AWS Lambda Powertools: a log line, no API call.
 
-Lambda sends stdout to CloudWatch Logs, which turns `_aws`-tagged lines into metrics in
-`METRICS_NAMESPACE`. The names and dimensions are what InfraStack's dashboard graphs:
-`Outcomes` (Function, Outcome), `ErrorRecords` (Code) and `StageSeconds` (Stage).
+Lambda sends stdout to CloudWatch Logs, which turns EMF lines into metrics in `METRICS_NAMESPACE`.
+The names and dimensions are what InfraStack's dashboard graphs: `Outcomes` (Function, Outcome),
+`ErrorRecords` (Code) and `StageSeconds` (Stage). Each data point has its own dimensions, hence
+`single_metric` (flushed at once) rather than a shared `Metrics` object.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from collections.abc import Mapping
+
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 DEFAULT_NAMESPACE = "SpeechToImage"
 
@@ -19,47 +18,24 @@ DEFAULT_NAMESPACE = "SpeechToImage"
 class Metrics:
     """Emits the pipeline's metrics for one function."""
 
-    def __init__(
-        self,
-        function: str,
-        namespace: str = DEFAULT_NAMESPACE,
-        *,
-        stream: TextIO | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        """Metrics of `function` in `namespace`, written to `stream` (stdout by default)."""
+    def __init__(self, function: str, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Metrics of `function` in `namespace`."""
         self.function = function
         self.namespace = namespace
-        self._stream = stream
-        self._clock = clock
 
     def outcome(self, outcome: str) -> None:
-        """One event ended with `outcome` (started, generated, duplicate, superseded, ...)."""
-        self._emit("Outcomes", 1, "Count", {"Function": self.function, "Outcome": outcome})
+        """One event ended with `outcome` (started, generated, duplicate, superseded, internal-error, ...)."""
+        self._emit("Outcomes", 1, MetricUnit.Count, {"Function": self.function, "Outcome": outcome})
 
     def error_record(self, code: str) -> None:
-        """An error record with `code` became an upload's result (or an internal-error record was written)."""
-        self._emit("ErrorRecords", 1, "Count", {"Code": code})
+        """An error record with `code` was written (a final result, or a record before a retry)."""
+        self._emit("ErrorRecords", 1, MetricUnit.Count, {"Code": code})
 
     def stage_seconds(self, stage: str, seconds: float) -> None:
         """How long an upload spent in `stage` (transcribe, generate, total)."""
-        self._emit("StageSeconds", round(seconds, 3), "Seconds", {"Stage": stage})
+        self._emit("StageSeconds", round(seconds, 3), MetricUnit.Seconds, {"Stage": stage})
 
-    def _emit(self, name: str, value: float, unit: str, dimensions: Mapping[str, str]) -> None:
-        document: dict[str, Any] = {
-            "_aws": {
-                "Timestamp": int(self._clock() * 1000),
-                "CloudWatchMetrics": [
-                    {
-                        "Namespace": self.namespace,
-                        "Dimensions": [list(dimensions)],
-                        "Metrics": [{"Name": name, "Unit": unit}],
-                    }
-                ],
-            },
-            **dimensions,
-            name: value,
-        }
-        stream = self._stream or sys.stdout
-        stream.write(json.dumps(document) + "\n")
-        stream.flush()
+    def _emit(self, name: str, value: float, unit: MetricUnit, dimensions: Mapping[str, str]) -> None:
+        with single_metric(name=name, unit=unit, value=value, namespace=self.namespace) as metric:
+            for dimension, dimension_value in dimensions.items():
+                metric.add_dimension(name=dimension, value=dimension_value)

@@ -123,7 +123,7 @@ class Pipeline:
             DynamoLedger(dynamodb, settings.ledger_table),
             ResultStore.of(s3, settings),
             function=function,
-            metrics=Metrics(function, stream=io.StringIO()),
+            metrics=Metrics(function),
             request_id=f"request-{function}",
             sleep=lambda _s: None,
         )
