@@ -6,6 +6,18 @@ from botocore.exceptions import ClientError
 
 # HeadObject reports a missing key as a bare 404 ("NotFound"); GetObject as NoSuchKey.
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+# A service asking us to slow down: normal weather in a burst, retried by the queue without a word to the user.
+_THROTTLING_CODES = frozenset(
+    {
+        "LimitExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "SlowDown",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+    }
+)
 # GetObject reports a failed If-Match as PreconditionFailed; HeadObject (no body) as a bare 412.
 _PRECONDITION_CODES = frozenset({"412", "PreconditionFailed"})
 
@@ -40,3 +52,8 @@ def is_not_found(error: BaseException) -> bool:
 def is_precondition_failed(error: BaseException) -> bool:
     """True when S3 refused a conditional request (If-Match): the object has changed since."""
     return error_code(error) in _PRECONDITION_CODES
+
+
+def is_throttling(error: BaseException) -> bool:
+    """True when a service refused the call only because of its request rate or a concurrency quota."""
+    return error_code(error) in _THROTTLING_CODES

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline_common.aws_errors import is_throttling
 from pipeline_common.entry import remaining_seconds
 from pipeline_common.error_records import INTERNAL_ERROR, ResultStore, internal_error_action, utc_now
 from pipeline_common.keys import job_name
@@ -180,12 +181,16 @@ class Results:
         a retry can still finish it and replace the record. Without `reason` the record says what happened in
         plain words; the exception itself goes to the log. Returns the record's key, or None.
         """
+        self.metrics.outcome(code)
         if failure is not None:
             logger.error(
                 "processing failed; retried",
                 exc_info=failure,
                 extra={"key": entry.key, "upload_id": entry.upload_id, "stage": stage},
             )
+            if is_throttling(failure) or isinstance(failure, LedgerBusyError):
+                # Expected in a burst, and over in minutes: the queue retries without telling the user.
+                return None
         token = uuid.uuid4().hex
         try:
             self.ledger.acquire_writer(
