@@ -1,42 +1,59 @@
-"""transcribe_trigger: uploads become Transcribe jobs; bad uploads become error records."""
+"""transcribe_trigger: each upload (an object version) becomes one Transcribe job; bad uploads become error records."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote_plus
 
 import pytest
 from botocore.exceptions import ClientError
 
 from pipeline_common.batch import RecordsFailedError
 from pipeline_common.keys import job_name, source_key_from_transcript_key
+from pipeline_common.ledger import DynamoLedger
 from pipeline_common.settings import SettingsError
 from tests.lambdas.support import (
     AUDIO_HEADERS,
     INPUT_BUCKET,
     JOB_PREFIX,
+    LEDGER_TABLE,
     OUTPUT_BUCKET,
     TRANSCRIPT_BUCKET,
     Aws,
     FailingS3,
+    Uploaded,
     audio_bytes,
     load_event,
+    s3_event,
+    sqs_batch,
 )
 from transcribe_trigger.core import detect_container
 
 JOB_NAME_RE = re.compile(r"^[0-9a-zA-Z._-]{1,200}$")
+KEY = "notes/my idea.mp3"
+# What IAM really says when a role may not read an object: the role's ARN and the account id.
+DENIED = (
+    "User: arn:aws:sts::123456789012:assumed-role/InfraStack-TriggerRole-1A2B/transcribe-trigger is not "
+    "authorized to perform: s3:GetObject because no identity-based policy allows the s3:GetObject action"
+)
 
 
-def upload_event(aws: Aws, key: str, body: bytes, template: str = "s3_put_simple.json") -> dict[str, Any]:
-    """Upload `body` and return the S3 event for it (URL-encoded key, real size and ETag)."""
-    from urllib.parse import quote_plus
+def upload(aws: Aws, key: str, body: bytes) -> tuple[Uploaded, dict[str, Any]]:
+    """Upload `body` to the input bucket; the upload and its S3 event."""
+    uploaded = aws.upload(key, body)
+    return uploaded, s3_event(INPUT_BUCKET, uploaded)
 
-    etag = aws.put_upload(key, body)
-    event = load_event(template)
-    obj = event["Records"][0]["s3"]["object"]
-    obj.update(key=quote_plus(key, safe="/"), size=len(body), eTag=etag)
+
+def with_real_uploads(aws: Aws, event: dict[str, Any], *bodies: bytes) -> dict[str, Any]:
+    """Upload each record's key of a committed event and give the record that upload's ETag, version and order."""
+    for raw, body in zip(event["Records"], bodies, strict=True):
+        obj = raw["s3"]["object"]
+        uploaded = aws.upload(unquote_plus(obj["key"]), body)
+        obj.update(size=uploaded.size, eTag=uploaded.etag, versionId=uploaded.version_id, sequencer=uploaded.sequencer)
     return event
 
 
@@ -44,22 +61,20 @@ def error_record(aws: Aws, source_key: str) -> dict[str, Any]:
     return aws.read_json(OUTPUT_BUCKET, f"errors/{source_key}.json")
 
 
-def with_real_etags(aws: Aws, event: dict[str, Any]) -> dict[str, Any]:
-    """Give each record of a committed event the ETag its object really has in moto's input bucket."""
-    from urllib.parse import unquote_plus
-
-    for raw in event["Records"]:
-        obj = raw["s3"]["object"]
-        obj["eTag"] = aws.s3.head_object(Bucket=INPUT_BUCKET, Key=unquote_plus(obj["key"]))["ETag"].strip('"')
-    return event
-
-
 def put_image_set(aws: Aws, source_key: str) -> list[str]:
-    """An image set left by an earlier upload under `source_key`; returns its keys."""
-    keys = [f"images/{source_key}.{suffix}" for suffix in ("png", "json", "html")]
+    """An image set left by an earlier upload under `source_key`; returns its keys, sorted."""
+    keys = sorted(f"images/{source_key}.{suffix}" for suffix in ("png", "json", "html"))
     for key in keys:
         aws.s3.put_object(Bucket=OUTPUT_BUCKET, Key=key, Body=b"earlier result")
     return keys
+
+
+def ledger(aws: Aws) -> DynamoLedger:
+    return DynamoLedger(aws.dynamodb, LEDGER_TABLE)
+
+
+def outcomes(result: dict[str, Any]) -> list[str]:
+    return [item["outcome"] for item in result["results"]]
 
 
 @pytest.mark.parametrize(
@@ -72,17 +87,16 @@ def put_image_set(aws: Aws, source_key: str) -> list[str]:
         ("s3_put_deep_prefix.json", "users/42/2024/05/01/session-7/take 3.ogg", "ogg"),
     ],
 )
-def test_upload_starts_one_job_writing_to_the_contract_key(
+def test_upload_starts_one_job_named_after_its_version(
     trigger: Any, aws: Aws, lambda_context: Any, event_file: str, key: str, container: str
 ) -> None:
-    aws.put_upload(key, audio_bytes(container))
-    event = with_real_etags(aws, load_event(event_file))
+    event = with_real_uploads(aws, load_event(event_file), audio_bytes(container))
+    version = event["Records"][0]["s3"]["object"]["versionId"]
 
     result = trigger.handler(event, lambda_context)
 
     (call,) = aws.transcribe_calls
-    etag = event["Records"][0]["s3"]["object"]["eTag"]
-    assert call["TranscriptionJobName"] == job_name(key, etag, JOB_PREFIX)
+    assert call["TranscriptionJobName"] == job_name(key, version, JOB_PREFIX)
     # The EventBridge rule for failed jobs matches this prefix only.
     assert call["TranscriptionJobName"].startswith("s2i-")
     assert JOB_NAME_RE.match(call["TranscriptionJobName"])
@@ -92,47 +106,94 @@ def test_upload_starts_one_job_writing_to_the_contract_key(
     assert source_key_from_transcript_key("transcripts/", call["OutputKey"]) == key
     assert call["LanguageCode"] == "en-US"
     assert "IdentifyLanguage" not in call
-    assert result["results"][0]["outcome"] == "started"
-    assert aws.job_names() == [call["TranscriptionJobName"]]
+    assert outcomes(result) == ["started"]
+    assert result["results"][0]["job_name"] == call["TranscriptionJobName"]
+    entry = ledger(aws).get(key)
+    assert entry is not None
+    assert (entry.upload_id, entry.stage, entry.job_name) == (version, "transcribing", call["TranscriptionJobName"])
 
 
-def test_repeated_event_starts_one_job_and_is_not_an_error(
+def test_repeated_event_starts_no_second_job(
     trigger: Any, aws: Aws, lambda_context: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    event = upload_event(aws, "notes/my idea.mp3", audio_bytes("mp3"))
+    _, event = upload(aws, KEY, audio_bytes("mp3"))
 
     first = trigger.handler(event, lambda_context)
     second = trigger.handler(event, lambda_context)
 
-    assert [r["outcome"] for r in first["results"] + second["results"]] == ["started", "duplicate"]
-    assert len(aws.job_names()) == 1
+    assert outcomes(first) + outcomes(second) == ["started", "duplicate"]
+    # The ledger says so: no second StartTranscriptionJob request is even sent.
+    assert len(aws.transcribe_calls) == 1
+    assert second["results"][0]["job_name"] == aws.job_names()[0]
     assert aws.keys(OUTPUT_BUCKET) == []
     (logged,) = [r for r in caplog.records if "repeated event skipped" in r.getMessage()]
-    assert (logged.key, logged.job_name) == ("notes/my idea.mp3", aws.job_names()[0])
+    assert (logged.key, logged.stage) == (KEY, "transcribing")
 
 
-def test_record_without_etag_gets_the_same_job_name_via_head_object(
+def test_repeated_event_of_a_rejected_upload_writes_nothing_again(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    _, event = upload(aws, "notes/empty.mp3", b"")
+    trigger.handler(event, lambda_context)
+    written = error_record(aws, "notes/empty.mp3")
+
+    result = trigger.handler(event, lambda_context)
+
+    assert outcomes(result) == ["duplicate"]
+    assert error_record(aws, "notes/empty.mp3") == written
+
+
+def test_re_upload_of_identical_bytes_is_a_new_upload_with_a_new_job(
     trigger: Any, aws: Aws, lambda_context: Any
 ) -> None:
-    event = upload_event(aws, "notes/my idea.mp3", audio_bytes("mp3"))
-    trigger.handler(event, lambda_context)
-    bare = load_event("s3_put_space.json")
-    del bare["Records"][0]["s3"]["object"]["eTag"]
-    del bare["Records"][0]["s3"]["object"]["size"]
+    first, first_event = upload(aws, KEY, audio_bytes("mp3"))
+    trigger.handler(first_event, lambda_context)
+    second, second_event = upload(aws, KEY, audio_bytes("mp3"))
 
-    result = trigger.handler(bare, lambda_context)
+    result = trigger.handler(second_event, lambda_context)
 
-    # HeadObject's quoted ETag names the job exactly as the event's bare one did.
-    assert result["results"][0]["outcome"] == "duplicate"
-    assert len(aws.job_names()) == 1
+    # Same bytes, same ETag: only the version id tells the uploads apart.
+    assert first.etag == second.etag and first.version_id != second.version_id
+    assert outcomes(result) == ["started"]
+    names = [call["TranscriptionJobName"] for call in aws.transcribe_calls]
+    assert names == [job_name(KEY, first.version_id, JOB_PREFIX), job_name(KEY, second.version_id, JOB_PREFIX)]
+    assert names[0] != names[1]
+    assert ledger(aws).get(KEY).upload_id == second.version_id  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def s3_reads(aws: Aws) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Every HeadObject and GetObject request made during the test."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    hooks = {"HeadObject": "before-parameter-build.s3.HeadObject", "GetObject": "before-parameter-build.s3.GetObject"}
+    for name, hook in hooks.items():
+        aws.s3.meta.events.register(hook, lambda params, _n=name, **_: seen.append((_n, dict(params))), unique_id=name)
+    yield seen
+    for name, hook in hooks.items():
+        aws.s3.meta.events.unregister(hook, unique_id=name)
+
+
+def test_every_read_names_the_event_s_version(
+    trigger: Any, aws: Aws, lambda_context: Any, s3_reads: list[tuple[str, dict[str, Any]]]
+) -> None:
+    uploaded, event = upload(aws, KEY, audio_bytes("mp3"))
+    del event["Records"][0]["s3"]["object"]["size"]  # the size then comes from HeadObject
+
+    assert outcomes(trigger.handler(event, lambda_context)) == ["started"]
+
+    assert [(name, params["VersionId"]) for name, params in s3_reads] == [
+        ("HeadObject", uploaded.version_id),
+        ("GetObject", uploaded.version_id),
+    ]
+    # Only the first 64 bytes are read: a 500 MB upload costs no more to check than a small one.
+    assert s3_reads[1][1]["Range"] == "bytes=0-63"
+    assert "IfMatch" not in s3_reads[1][1]
 
 
 def test_every_record_of_an_event_is_handled(trigger: Any, aws: Aws, lambda_context: Any) -> None:
-    aws.put_upload("batch/first take.mp3", audio_bytes("mp3"))
-    aws.put_upload("batch/second+take.m4a", audio_bytes("m4a"))
-    aws.put_upload("batch/notes.txt", b"shopping list")
+    event = with_real_uploads(
+        aws, load_event("s3_put_multiple.json"), audio_bytes("mp3"), audio_bytes("m4a"), b"shopping list"
+    )
 
-    result = trigger.handler(with_real_etags(aws, load_event("s3_put_multiple.json")), lambda_context)
+    result = trigger.handler(event, lambda_context)
 
     assert [(r["key"], r["outcome"]) for r in result["results"]] == [
         ("batch/first take.mp3", "started"),
@@ -162,20 +223,12 @@ def test_bad_upload_gets_an_error_record_and_no_job(
     trigger: Any, aws: Aws, lambda_context: Any, key: str, body: bytes, error: str, action_hint: str
 ) -> None:
     assert detect_container(body[:64]) is None or error == "unsupported-format"
-    event = upload_event(aws, key, body)
-    reads: list[str | None] = []
-    hook = "before-parameter-build.s3.GetObject"
-    aws.s3.meta.events.register(hook, lambda params, **_: reads.append(params.get("Range")), unique_id="reads")
+    _, event = upload(aws, key, body)
 
-    try:
-        result = trigger.handler(event, lambda_context)
-    finally:
-        aws.s3.meta.events.unregister(hook, unique_id="reads")
+    result = trigger.handler(event, lambda_context)
 
-    # Only the first 64 bytes are ever read: a 500 MB upload costs no more to check than a small one.
-    assert reads == (["bytes=0-63"] if error == "not-audio" else [])
-
-    assert result["results"][0]["outcome"] == "rejected"
+    assert outcomes(result) == ["rejected"]
+    assert result["results"][0]["error_key"] == f"errors/{key}.json"
     assert aws.transcribe_calls == []
     record = error_record(aws, key)
     assert record["status"] == "error"
@@ -184,9 +237,13 @@ def test_bad_upload_gets_an_error_record_and_no_job(
     assert record["error"] == error
     assert record["reason"]
     assert action_hint in record["action"]
+    assert record["request_id"] == lambda_context.aws_request_id
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", record["time"])
-    # The upload itself is left exactly as it was.
+    # The upload itself is left exactly as it was, and the ledger holds its result.
     assert aws.s3.get_object(Bucket=INPUT_BUCKET, Key=key)["Body"].read() == body
+    entry = ledger(aws).get(key)
+    assert entry is not None and entry.stage == "failed"
+    assert entry.result == {"kind": "error", "key": f"errors/{key}.json", "code": error, "stage": "validate"}
 
 
 def test_too_large_upload_gets_an_error_record(
@@ -194,7 +251,7 @@ def test_too_large_upload_gets_an_error_record(
 ) -> None:
     monkeypatch.setenv("MAX_MEDIA_BYTES", "2048")
     trigger.SETTINGS.reset()
-    event = upload_event(aws, "notes/long talk.mp3", audio_bytes("mp3", 2049))
+    _, event = upload(aws, "notes/long talk.mp3", audio_bytes("mp3", 2049))
 
     trigger.handler(event, lambda_context)
 
@@ -202,14 +259,11 @@ def test_too_large_upload_gets_an_error_record(
     assert record["error"] == "too-large"
     assert record["details"] == {"size": 2049, "max_media_bytes": 2048}
     assert aws.transcribe_calls == []
-    assert aws.keys(INPUT_BUCKET) == ["notes/long talk.mp3"]
 
 
 def test_key_too_long_for_a_transcript_gets_an_error_record(trigger: Any, aws: Aws, lambda_context: Any) -> None:
     key = "録音" * 150 + ".mp3"  # 904 bytes: a valid S3 key, 2700+ characters once escaped
-    event = upload_event(aws, key, audio_bytes("mp3"))
-
-    trigger.handler(event, lambda_context)
+    trigger.handler(upload(aws, key, audio_bytes("mp3"))[1], lambda_context)
 
     assert error_record(aws, key)["error"] == "key-too-long"
     assert aws.transcribe_calls == []
@@ -217,15 +271,12 @@ def test_key_too_long_for_a_transcript_gets_an_error_record(trigger: Any, aws: A
 
 def test_key_at_the_s3_limit_still_gets_an_error_record(trigger: Any, aws: Aws, lambda_context: Any) -> None:
     key = "n" * 1016 + ".mp3"  # 1020 bytes: "errors/" + key + ".json" would exceed S3's 1024
-    event = upload_event(aws, key, audio_bytes("mp3"))
-
-    trigger.handler(event, lambda_context)
+    trigger.handler(upload(aws, key, audio_bytes("mp3"))[1], lambda_context)
 
     (record_key,) = aws.keys(OUTPUT_BUCKET)
     assert record_key.startswith("errors/nnn") and len(record_key) <= 1024
     record = aws.read_json(OUTPUT_BUCKET, record_key)
     assert (record["error"], record["source"]["key"]) == ("key-too-long", key)
-    assert aws.keys(INPUT_BUCKET) == [key]
 
 
 @pytest.mark.parametrize(
@@ -243,7 +294,7 @@ def test_key_at_the_s3_limit_still_gets_an_error_record(trigger: Any, aws: Aws, 
 def test_media_format_comes_from_the_content(
     trigger: Any, aws: Aws, lambda_context: Any, key: str, container: str, media_format: str
 ) -> None:
-    trigger.handler(upload_event(aws, key, audio_bytes(container)), lambda_context)
+    trigger.handler(upload(aws, key, audio_bytes(container))[1], lambda_context)
 
     assert [call["MediaFormat"] for call in aws.transcribe_calls] == [media_format]
 
@@ -254,7 +305,7 @@ def test_content_in_a_format_that_is_not_enabled_is_refused(
     monkeypatch.setenv("MEDIA_FORMATS", "mp3,m4a")
     trigger.SETTINGS.reset()
 
-    trigger.handler(upload_event(aws, "notes/renamed.mp3", audio_bytes("flac")), lambda_context)
+    trigger.handler(upload(aws, "notes/renamed.mp3", audio_bytes("flac"))[1], lambda_context)
 
     record = error_record(aws, "notes/renamed.mp3")
     assert (record["error"], record["details"]["container"]) == ("unsupported-format", "flac")
@@ -268,85 +319,271 @@ def test_automatic_language_identification(
     monkeypatch.setenv("LANGUAGE_OPTIONS", "en-US,de-DE,fr-FR")
     trigger.SETTINGS.reset()
 
-    trigger.handler(upload_event(aws, "notes/hallo.mp3", audio_bytes("mp3")), lambda_context)
+    trigger.handler(upload(aws, "notes/hallo.mp3", audio_bytes("mp3"))[1], lambda_context)
 
     (call,) = aws.transcribe_calls
     assert call["IdentifyLanguage"] is True
     assert call["LanguageOptions"] == ["en-US", "de-DE", "fr-FR"]
     assert "LanguageCode" not in call
-    job = aws.transcribe.get_transcription_job(TranscriptionJobName=call["TranscriptionJobName"])
-    assert job["TranscriptionJob"]["IdentifyLanguage"] is True
 
 
-def test_auto_language_without_options_is_a_settings_error(
-    trigger: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("changes", "name"),
+    [
+        ({"LANGUAGE_CODE": "auto", "LANGUAGE_OPTIONS": "en-US"}, "LANGUAGE_OPTIONS"),
+        ({"TRANSCRIPT_BUCKET": None}, "TRANSCRIPT_BUCKET"),
+        ({"LEDGER_TABLE": None}, "LEDGER_TABLE"),
+    ],
+)
+def test_bad_environment_is_named(
+    trigger: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch, changes: dict[str, str | None], name: str
 ) -> None:
-    monkeypatch.setenv("LANGUAGE_CODE", "auto")
-    monkeypatch.setenv("LANGUAGE_OPTIONS", "en-US")
+    for variable, value in changes.items():
+        if value is None:
+            monkeypatch.delenv(variable)
+        else:
+            monkeypatch.setenv(variable, value)
     trigger.SETTINGS.reset()
-    with pytest.raises(SettingsError, match="LANGUAGE_OPTIONS"):
+    with pytest.raises(SettingsError, match=name):
         trigger.handler(load_event("s3_put_simple.json"), lambda_context)
 
 
-def test_upload_deleted_before_processing_is_skipped_without_error_record(
+def test_upload_deleted_before_processing_gets_an_upload_deleted_record(
     trigger: Any, aws: Aws, lambda_context: Any
 ) -> None:
-    result = trigger.handler(load_event("s3_put_simple.json"), lambda_context)
+    uploaded, event = upload(aws, KEY, audio_bytes("mp3"))
+    aws.s3.delete_object(Bucket=INPUT_BUCKET, Key=KEY, VersionId=uploaded.version_id)
 
-    assert result["results"][0]["outcome"] == "gone"
+    result = trigger.handler(event, lambda_context)
+
+    assert outcomes(result) == ["rejected"]
     assert aws.transcribe_calls == []
-    assert aws.keys(OUTPUT_BUCKET) == []
+    record = error_record(aws, KEY)
+    assert (record["stage"], record["error"]) == ("validate", "upload-deleted")
+    assert record["action"] == "upload the recording again if you still want its picture"
+
+
+def test_event_of_an_older_upload_after_a_newer_one_is_superseded(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    _, old = upload(aws, KEY, audio_bytes("mp3"))
+    new_upload, new = upload(aws, KEY, audio_bytes("wav"))  # the user replaced the file at once
+    assert outcomes(trigger.handler(new, lambda_context)) == ["started"]
+    images = put_image_set(aws, KEY)  # the newer upload's result, by now
+
+    result = trigger.handler(old, lambda_context)  # S3 does not promise delivery in order
+
+    assert outcomes(result) == ["superseded"]
+    (call,) = aws.transcribe_calls
+    assert call["TranscriptionJobName"] == job_name(KEY, new_upload.version_id, JOB_PREFIX)
+    assert aws.keys(OUTPUT_BUCKET) == images
+    assert ledger(aws).get(KEY).upload_id == new_upload.version_id  # type: ignore[union-attr]
+
+
+def test_replaced_bad_upload_is_superseded_not_rejected(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    _, empty = upload(aws, KEY, b"")
+    _, good = upload(aws, KEY, audio_bytes("mp3"))
+    trigger.handler(good, lambda_context)
+    images = put_image_set(aws, KEY)
+
+    result = trigger.handler(empty, lambda_context)
+
+    assert outcomes(result) == ["superseded"]
+    assert aws.keys(OUTPUT_BUCKET) == images
+
+
+def test_rejection_removes_the_image_set_of_an_earlier_upload(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    put_image_set(aws, KEY)
+    _, event = upload(aws, KEY, random.Random(3).randbytes(4096))  # replaced by something that is not audio
+
+    assert outcomes(trigger.handler(event, lambda_context)) == ["rejected"]
+
+    assert aws.keys(OUTPUT_BUCKET) == [f"errors/{KEY}.json"]
+    assert error_record(aws, KEY)["error"] == "not-audio"
+
+
+def test_record_is_not_written_when_the_old_images_cannot_be_removed(
+    trigger: Any, aws: Aws, lambda_context: Any
+) -> None:
+    images = put_image_set(aws, KEY)
+    _, event = upload(aws, KEY, b"")
+    trigger.CLIENTS.inject(s3=FailingS3(aws.s3, "delete_objects"))
+
+    with pytest.raises(RecordsFailedError, match="AccessDenied"):
+        trigger.handler(event, lambda_context)
+
+    # Neither the rejection nor a retry record: an error record next to images would be two results.
+    assert aws.keys(OUTPUT_BUCKET) == images
+
+
+class DeniedS3:
+    """An S3 client whose GetObject is refused with IAM's real wording (role ARN, account id)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def get_object(self, **params: Any) -> Any:
+        error = {"Code": "AccessDenied", "Message": DENIED}
+        raise ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")
+
+
+def test_unexpected_error_writes_a_plain_retry_record_and_raises(
+    trigger: Any, aws: Aws, lambda_context: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, event = upload(aws, KEY, audio_bytes("mp3"))
+    put_image_set(aws, KEY)
+    trigger.CLIENTS.inject(s3=DeniedS3(aws.s3))
+
+    with pytest.raises(RecordsFailedError) as caught:
+        trigger.handler(event, lambda_context)
+
+    assert isinstance(caught.value.__cause__, ClientError)
+    assert aws.keys(OUTPUT_BUCKET) == [f"errors/{KEY}.json"]
+    record = error_record(aws, KEY)
+    assert (record["stage"], record["error"]) == ("validate", "internal-error")
+    assert record["reason"] == "an unexpected ClientError interrupted transcribe_trigger; it is retried automatically"
+    assert "retries automatically" in record["action"] and "make replay" in record["action"]
+    assert record["details"] == {"error_type": "ClientError", "retried": True}
+    assert record["request_id"] == lambda_context.aws_request_id
+    # The role ARN and account id never reach the user's record; the operator finds them in the log.
+    text = json.dumps(record)
+    assert "arn:aws" not in text and "123456789012" not in text
+    assert DENIED in caplog.text
+    assert aws.transcribe_calls == []
+
+    # The retry succeeds: the job starts. The record of the failed attempt stays until the upload's result
+    # (image set or error record) replaces it.
+    trigger.CLIENTS.inject(s3=aws.s3)
+    assert outcomes(trigger.handler(event, lambda_context)) == ["started"]
+    assert len(aws.job_names()) == 1
+    entry = ledger(aws).get(KEY)
+    assert entry is not None and entry.stage == "transcribing"
+    assert entry.internal_error is not None and entry.internal_error["code"] == "internal-error"
 
 
 class FailingFor:
-    """Delegates to the moto Transcribe client but fails one key with an unexpected AWS error."""
+    """Delegates to the moto Transcribe client but fails one key with an AWS error (by default an unexpected one)."""
 
-    def __init__(self, client: Any, key: str) -> None:
+    def __init__(self, client: Any, key: str, code: str = "InternalFailureException") -> None:
         self.client = client
         self.key = key
+        self.code = code
 
     def start_transcription_job(self, **params: Any) -> Any:
         if params["Media"]["MediaFileUri"].endswith(self.key):
-            raise ClientError(
-                {"Error": {"Code": "LimitExceededException", "Message": "too many jobs"}}, "StartTranscriptionJob"
-            )
+            raise ClientError({"Error": {"Code": self.code, "Message": "it failed"}}, "StartTranscriptionJob")
         return self.client.start_transcription_job(**params)
 
 
-def test_unexpected_aws_error_fails_the_event_after_the_other_records(
-    trigger: Any, aws: Aws, lambda_context: Any
+def test_throttled_start_is_retried_without_a_record(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    _, event = upload(aws, KEY, audio_bytes("mp3"))
+    trigger.CLIENTS.inject(transcribe=FailingFor(aws.transcribe, "my idea.mp3", "LimitExceededException"))
+
+    result = trigger.handler(sqs_batch(event), lambda_context)
+
+    # A burst of uploads outruns Transcribe's quota for minutes: the queue retries, the user sees nothing amiss.
+    assert result["batchItemFailures"] == [{"itemIdentifier": "message-0"}]
+    assert aws.keys(OUTPUT_BUCKET) == []
+    trigger.CLIENTS.inject(transcribe=aws.transcribe)
+    assert outcomes(trigger.handler(sqs_batch(event), lambda_context)) == ["started"]
+
+
+def test_failure_to_write_the_retry_record_still_raises_the_original_error(
+    trigger: Any, aws: Aws, lambda_context: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    aws.put_upload("batch/first take.mp3", audio_bytes("mp3"))
-    aws.put_upload("batch/second+take.m4a", audio_bytes("m4a"))
-    aws.put_upload("batch/notes.txt", b"shopping list")
+    _, event = upload(aws, KEY, audio_bytes("mp3"))
+    trigger.CLIENTS.inject(transcribe=FailingFor(aws.transcribe, "my idea.mp3"), s3=FailingS3(aws.s3, "put_object"))
+
+    with pytest.raises(RecordsFailedError) as caught:
+        trigger.handler(event, lambda_context)
+
+    # The cause is StartTranscriptionJob's error, not the AccessDenied of the record write.
+    assert "InternalFailureException" in str(caught.value.__cause__)
+    assert aws.keys(OUTPUT_BUCKET) == []
+    assert any("retry record could not be written" in r.getMessage() for r in caplog.records)
+
+
+def test_plain_s3_event_fails_after_the_other_records(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    event = with_real_uploads(
+        aws, load_event("s3_put_multiple.json"), audio_bytes("mp3"), audio_bytes("m4a"), b"shopping list"
+    )
     trigger.CLIENTS.inject(transcribe=FailingFor(aws.transcribe, "first take.mp3"))
 
     with pytest.raises(RecordsFailedError) as caught:
-        trigger.handler(with_real_etags(aws, load_event("s3_put_multiple.json")), lambda_context)
+        trigger.handler(event, lambda_context)
 
-    message = str(caught.value)
-    assert "1 of 3 records failed" in message
-    assert "batch/first take.mp3" in message and "LimitExceededException" in message
-    assert isinstance(caught.value.__cause__, ClientError)
+    assert "1 of 3 records failed" in str(caught.value)
+    assert "batch/first take.mp3" in str(caught.value)
     # The records after the failure were still handled.
     assert len(aws.job_names()) == 1
     assert aws.keys(OUTPUT_BUCKET) == ["errors/batch/first take.mp3.json", "errors/batch/notes.txt.json"]
-    # The unexpected error is recorded for the user, and still raised so Lambda retries.
-    record = error_record(aws, "batch/first take.mp3")
-    assert (record["stage"], record["error"]) == ("validate", "internal-error")
-    assert "LimitExceededException" in record["reason"] and "too many jobs" in record["reason"]
-    assert "retries automatically" in record["action"] and "make replay" in record["action"]
-    assert "transcribe_trigger" in record["action"]
-    assert record["details"]["error_type"] == "ClientError"
+    assert error_record(aws, "batch/first take.mp3")["error"] == "internal-error"
 
 
-def test_missing_environment_variable_is_named(
-    trigger: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+def test_sqs_batch_reports_only_the_failed_messages(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    bodies = [upload(aws, f"batch/take {n}.mp3", audio_bytes("mp3"))[1] for n in range(3)]
+    batch = sqs_batch(*bodies, load_event("s3_test_event.json"))
+    batch["Records"].append(dict(batch["Records"][0], messageId="message-garbled", body="{not json"))
+    trigger.CLIENTS.inject(transcribe=FailingFor(aws.transcribe, "take 1.mp3"))
+
+    result = trigger.handler(batch, lambda_context)  # no raise: the queue retries only what failed
+
+    assert result["batchItemFailures"] == [{"itemIdentifier": "message-1"}, {"itemIdentifier": "message-garbled"}]
+    assert [(r["key"], r["outcome"]) for r in result["results"]] == [
+        ("batch/take 0.mp3", "started"),
+        ("batch/take 2.mp3", "started"),
+    ]
+    assert error_record(aws, "batch/take 1.mp3")["error"] == "internal-error"
+
+    # The queue delivers the failed message again: it starts its job; the others are not repeated.
+    trigger.CLIENTS.inject(transcribe=aws.transcribe)
+    again = trigger.handler(sqs_batch(*bodies), lambda_context)
+    assert again["batchItemFailures"] == []
+    assert outcomes(again) == ["duplicate", "started", "duplicate"]
+    assert len(aws.job_names()) == 3
+
+
+def test_event_from_another_bucket_is_foreign(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    _, event = upload(aws, KEY, audio_bytes("mp3"))
+    event["Records"][0]["s3"]["bucket"]["name"] = "someone-elses-bucket"
+
+    assert outcomes(trigger.handler(event, lambda_context)) == ["foreign"]
+    assert aws.transcribe_calls == []
+    assert aws.keys(OUTPUT_BUCKET) == []
+    assert ledger(aws).get(KEY) is None
+
+
+def emf_lines(text: str) -> list[dict[str, Any]]:
+    return [document for line in text.splitlines() if "_aws" in (document := json.loads(line))]
+
+
+def test_outcomes_and_error_codes_are_emf_metrics(
+    trigger: Any, aws: Aws, lambda_context: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv("TRANSCRIPT_BUCKET")
-    trigger.SETTINGS.reset()
-    with pytest.raises(SettingsError, match="TRANSCRIPT_BUCKET"):
-        trigger.handler(load_event("s3_put_simple.json"), lambda_context)
+    event = with_real_uploads(
+        aws, load_event("s3_put_multiple.json"), audio_bytes("mp3"), audio_bytes("m4a"), b"shopping list"
+    )
+    capsys.readouterr()
+
+    trigger.handler(event, lambda_context)
+
+    lines = emf_lines(capsys.readouterr().out)
+    for line in lines:
+        (directive,) = line["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == "SpeechToImage"
+        assert isinstance(line["_aws"]["Timestamp"], int)
+        (dimensions,) = directive["Dimensions"]
+        (metric,) = directive["Metrics"]
+        # Every dimension and the metric itself are top-level members of the same line.
+        assert all(name in line for name in dimensions) and line[metric["Name"]] == [1.0]
+    assert [(line.get("Outcome"), line.get("Code")) for line in lines] == [
+        ("started", None),
+        ("started", None),
+        (None, "unsupported-format"),
+        ("rejected", None),
+    ]
+    assert {line.get("Function") for line in lines if "Outcome" in line} == {"transcribe_trigger"}
 
 
 @pytest.mark.parametrize("container", sorted(AUDIO_HEADERS))
@@ -370,146 +607,3 @@ def test_container_signatures_are_recognised(container: str) -> None:
 )
 def test_lookalikes_are_not_audio(head: bytes) -> None:
     assert detect_container(head + bytes(60)) is None
-
-
-@pytest.fixture
-def sniffs(aws: Aws) -> Iterator[list[dict[str, Any]]]:
-    """Every GetObject request made during the test."""
-    seen: list[dict[str, Any]] = []
-    hook = "before-parameter-build.s3.GetObject"
-    aws.s3.meta.events.register(hook, lambda params, **_: seen.append(dict(params)), unique_id="sniffs")
-    yield seen
-    aws.s3.meta.events.unregister(hook, unique_id="sniffs")
-
-
-def test_sniffing_read_is_conditional_on_the_event_etag(
-    trigger: Any, aws: Aws, lambda_context: Any, sniffs: list[dict[str, Any]]
-) -> None:
-    event = upload_event(aws, "notes/my idea.mp3", audio_bytes("mp3"))
-
-    trigger.handler(event, lambda_context)
-
-    etag = event["Records"][0]["s3"]["object"]["eTag"]
-    assert [(r["Range"], r["IfMatch"]) for r in sniffs] == [("bytes=0-63", f'"{etag}"')]
-
-
-def test_event_for_a_replaced_upload_is_superseded_and_writes_nothing(
-    trigger: Any, aws: Aws, lambda_context: Any
-) -> None:
-    key = "notes/my idea.mp3"
-    old = upload_event(aws, key, audio_bytes("mp3"))
-    new = upload_event(aws, key, audio_bytes("wav"))  # the user replaced the file before the first event ran
-    put_image_set(aws, key)
-
-    first = trigger.handler(old, lambda_context)
-    second = trigger.handler(new, lambda_context)
-
-    assert [r["outcome"] for r in first["results"] + second["results"]] == ["superseded", "started"]
-    # Only the current object got a job, and the older event touched no result.
-    (call,) = aws.transcribe_calls
-    assert call["TranscriptionJobName"] == job_name(key, new["Records"][0]["s3"]["object"]["eTag"], JOB_PREFIX)
-    assert call["MediaFormat"] == "wav"
-    assert aws.keys(OUTPUT_BUCKET) == [f"images/{key}.html", f"images/{key}.json", f"images/{key}.png"]
-
-
-def test_replaced_bad_upload_is_superseded_not_rejected(trigger: Any, aws: Aws, lambda_context: Any) -> None:
-    # Verdicts from the event's own size (empty, too large) are checked against the object now under the key.
-    key = "notes/retry.mp3"
-    empty = upload_event(aws, key, b"")
-    upload_event(aws, key, audio_bytes("mp3"))
-    images = put_image_set(aws, key)
-
-    result = trigger.handler(empty, lambda_context)
-
-    assert result["results"][0]["outcome"] == "superseded"
-    assert aws.keys(OUTPUT_BUCKET) == sorted(images)
-
-
-def test_deleted_empty_upload_is_gone_not_rejected(trigger: Any, aws: Aws, lambda_context: Any) -> None:
-    event = upload_event(aws, "notes/empty.mp3", b"")
-    aws.s3.delete_object(Bucket=INPUT_BUCKET, Key="notes/empty.mp3")
-
-    result = trigger.handler(event, lambda_context)
-
-    assert result["results"][0]["outcome"] == "gone"
-    assert aws.keys(OUTPUT_BUCKET) == []
-
-
-def test_rejection_removes_the_image_set_of_an_earlier_upload(trigger: Any, aws: Aws, lambda_context: Any) -> None:
-    key = "notes/my idea.mp3"
-    put_image_set(aws, key)
-    event = upload_event(aws, key, random.Random(3).randbytes(4096))  # replaced by something that is not audio
-
-    result = trigger.handler(event, lambda_context)
-
-    assert result["results"][0]["outcome"] == "rejected"
-    assert aws.keys(OUTPUT_BUCKET) == [f"errors/{key}.json"]
-    assert error_record(aws, key)["error"] == "not-audio"
-
-
-def test_record_is_not_written_when_the_old_images_cannot_be_removed(
-    trigger: Any, aws: Aws, lambda_context: Any
-) -> None:
-    key = "notes/my idea.mp3"
-    images = put_image_set(aws, key)
-    event = upload_event(aws, key, b"")
-    trigger.CLIENTS.inject(s3=FailingS3(aws.s3, "delete_objects"))
-
-    with pytest.raises(RecordsFailedError, match="AccessDenied"):
-        trigger.handler(event, lambda_context)
-
-    # Neither the rejection nor the internal-error record: an error record next to images would be two results.
-    assert aws.keys(OUTPUT_BUCKET) == sorted(images)
-
-
-def test_unexpected_s3_error_writes_internal_error_record_and_raises(
-    trigger: Any, aws: Aws, lambda_context: Any
-) -> None:
-    key = "notes/my idea.mp3"
-    event = upload_event(aws, key, audio_bytes("mp3"))
-    put_image_set(aws, key)
-    failing = FailingS3(aws.s3, "get_object", prefix="notes/")
-    trigger.CLIENTS.inject(s3=failing)
-
-    with pytest.raises(RecordsFailedError) as caught:
-        trigger.handler(event, lambda_context)
-
-    assert isinstance(caught.value.__cause__, ClientError)
-    assert failing.refused == [("get_object", key)]
-    assert aws.keys(OUTPUT_BUCKET) == [f"errors/{key}.json"]
-    record = error_record(aws, key)
-    assert (record["stage"], record["error"]) == ("validate", "internal-error")
-    assert record["reason"].startswith("ClientError: ") and "AccessDenied" in record["reason"]
-    assert record["details"]["etag"] == event["Records"][0]["s3"]["object"]["eTag"]
-    assert aws.transcribe_calls == []
-
-    # Lambda's retry succeeds: the job starts and the record of the failed attempt goes.
-    trigger.CLIENTS.inject(s3=aws.s3)
-    assert trigger.handler(event, lambda_context)["results"][0]["outcome"] == "started"
-    assert aws.keys(OUTPUT_BUCKET) == []
-
-
-def test_failure_to_write_the_internal_error_record_still_raises_the_original_error(
-    trigger: Any, aws: Aws, lambda_context: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    event = upload_event(aws, "notes/my idea.mp3", audio_bytes("mp3"))
-    trigger.CLIENTS.inject(transcribe=FailingFor(aws.transcribe, "my idea.mp3"), s3=FailingS3(aws.s3, "put_object"))
-
-    with pytest.raises(RecordsFailedError) as caught:
-        trigger.handler(event, lambda_context)
-
-    # The cause is StartTranscriptionJob's error, not the AccessDenied of the record write.
-    assert "LimitExceededException" in str(caught.value.__cause__)
-    assert aws.keys(OUTPUT_BUCKET) == []
-    assert any("internal-error record could not be written" in r.getMessage() for r in caplog.records)
-
-
-def test_event_from_another_bucket_is_foreign(trigger: Any, aws: Aws, lambda_context: Any) -> None:
-    event = upload_event(aws, "notes/my idea.mp3", audio_bytes("mp3"))
-    event["Records"][0]["s3"]["bucket"]["name"] = "someone-elses-bucket"
-
-    result = trigger.handler(event, lambda_context)
-
-    assert result["results"][0]["outcome"] == "foreign"
-    assert aws.transcribe_calls == []
-    assert aws.keys(OUTPUT_BUCKET) == []
