@@ -197,12 +197,12 @@ class Pipeline:
         )
         return generate_image(record, deps).outcome
 
-    def run(self, uploaded: Uploaded, *, wrapped: bool = True) -> None:
-        """The whole path for one upload, each step retried (as the queues do) until it passes."""
-        retry(lambda: self.trigger(uploaded, wrapped=wrapped))
+    def run(self, uploaded: Uploaded, *, wrapped: bool = True, attempts: int = 5) -> None:
+        """The whole path for one upload, each step retried (as the queues do) up to `attempts` times."""
+        retry(lambda: self.trigger(uploaded, wrapped=wrapped), attempts)
         record = self.transcribe(uploaded)
         if record is not None:
-            retry(lambda: self.invoke(record, wrapped=wrapped))
+            retry(lambda: self.invoke(record, wrapped=wrapped), attempts)
 
     def result_of(self, key: str) -> tuple[str, str | None]:
         """('image', the metadata's upload id) or ('error', its code) or ('none', None); never both kinds."""

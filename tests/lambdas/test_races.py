@@ -176,3 +176,32 @@ def test_a_transient_error_at_any_call_still_ends_with_the_uploads_result(pipeli
     ]
     assert entry["stage"]["S"] == "done"
     assert "writer_token" not in entry and "pending" not in entry
+
+
+@pytest.mark.parametrize("position", range(_POSITIONS))
+def test_a_whole_newer_upload_finishing_inside_any_call_still_wins(pipeline: Pipeline, position: int) -> None:
+    """B is uploaded and runs its whole path just before call `position` of A's path; B's result stays.
+
+    When A holds the key's writer lock at that moment, B's commit cannot finish inside the call: like a
+    queue, the test delivers B's transcript again after A's path has ended.
+    """
+    a = pipeline.upload(KEY)
+    uploads: dict[str, Any] = {}
+
+    def newer_upload_runs(index: int, service: str, operation: str) -> None:
+        if index == position and "b" not in uploads:
+            uploads["b"] = pipeline.upload(KEY)
+            try:
+                # One attempt: a queue redelivers a failed message only after its visibility timeout.
+                pipeline.run(uploads["b"], wrapped=False, attempts=1)
+            except Exception as error:  # the lock A holds: B's message would wait in its queue
+                uploads["b-failed"] = error
+
+    pipeline.calls.hook = newer_upload_runs
+    pipeline.run(a)
+    pipeline.calls.hook = None
+    b = uploads["b"]
+    if "b-failed" in uploads:
+        pipeline.run(b, wrapped=False)
+    assert pipeline.result_of(KEY) == ("image", b.version_id), pipeline.calls.log
+    assert pipeline.endpoint.generated <= 3
