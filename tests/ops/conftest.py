@@ -1,4 +1,4 @@
-"""Fixtures for the ops tests: an in-process moto SQS with an empty dead-letter queue."""
+"""Fixtures for the ops tests: an in-process moto SQS with empty dead-letter queues (and source queues)."""
 
 from __future__ import annotations
 
@@ -72,3 +72,35 @@ def make_queue(name: str) -> Queue:
 def queue(aws: None) -> Queue:
     """An empty dead-letter queue."""
     return make_queue("InfraStack-InvokeSdDeadLetterQueue")
+
+
+@dataclass
+class StageQueues:
+    """A stage's source queue and its dead-letter queue, joined by a redrive policy as InfraStack joins them."""
+
+    source: Queue
+    dead_letters: Queue
+
+    def redrive(self, body: Any) -> str:
+        """Put `body` in the source queue and fail it until SQS itself moves it to the dead-letter queue."""
+        message_id = self.source.send(body)
+        # maxReceiveCount is 1: the first receive counts, the second moves the message (moto, as SQS does).
+        for _ in range(2):
+            self.source.sqs.receive_message(QueueUrl=self.source.url, VisibilityTimeout=0, WaitTimeSeconds=0)
+        assert self.source.counts() == (0, 0) and self.dead_letters.counts() == (1, 0), "not redriven"
+        return message_id
+
+
+def make_stage_queues(name: str) -> StageQueues:
+    """A source queue whose messages move to its dead-letter queue after one failed receive."""
+    dead_letters = make_queue(f"{name}-dlq")
+    arn = dead_letters.sqs.get_queue_attributes(QueueUrl=dead_letters.url, AttributeNames=["QueueArn"])
+    policy = {"deadLetterTargetArn": arn["Attributes"]["QueueArn"], "maxReceiveCount": 1}
+    url = dead_letters.sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": json.dumps(policy)})["QueueUrl"]
+    return StageQueues(source=Queue(sqs=dead_letters.sqs, url=url), dead_letters=dead_letters)
+
+
+@pytest.fixture
+def stage_queues(aws: None) -> StageQueues:
+    """invoke_sd's source queue and dead-letter queue, both empty."""
+    return make_stage_queues("InfraStack-InvokeSdQueue")

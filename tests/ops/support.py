@@ -1,4 +1,4 @@
-"""Dead-letter messages in the two shapes the queues hold, and a recording `invoke`."""
+"""Dead-letter messages in the shapes the queues hold, a recording `invoke`, and stubbed AWS clients."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import boto3
 
 EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
 REGION = "eu-west-1"
@@ -106,3 +108,28 @@ class RecordingInvoke:
         self.calls.append((function_arn, payload))
         if self.fail_all or function_arn in self.failing:
             raise RuntimeError(f"TooManyRequestsException: rate exceeded for {function_arn}")
+
+
+OTHER_OUTPUTS = [
+    {"OutputKey": "InputBucketName", "OutputValue": "infrastack-inputbucket-1"},
+    {"OutputKey": "EndpointName", "OutputValue": "speech-to-image-sd"},
+]
+
+
+def stub_client(service: str) -> Any:
+    """A real client that never reaches AWS (a Stubber answers, or the test fails)."""
+    return boto3.client(service, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def describe_stacks_response(outputs: list[dict[str, str]]) -> dict[str, Any]:
+    """DescribeStacks for one stack with these outputs."""
+    return {
+        "Stacks": [
+            {
+                "StackName": "InfraStack",
+                "CreationTime": "2024-05-01T12:00:00Z",
+                "StackStatus": "CREATE_COMPLETE",
+                "Outputs": outputs,
+            }
+        ]
+    }

@@ -1,4 +1,4 @@
-"""The AWS side: Lambda Invoke, the stack's outputs, and the command line's output and exit codes."""
+"""The command line: which queues it replays, what it prints, and its exit codes."""
 
 from __future__ import annotations
 
@@ -7,138 +7,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
-from botocore.stub import ANY, Stubber
+from botocore.stub import Stubber
 
 from ops import replay_dead_letters as module
-from ops.replay_dead_letters import (
-    StackNotFoundError,
-    dead_letter_queue_urls,
-    lambda_invoker,
-    main,
-    parse_dead_letter,
-)
-from tests.ops.conftest import Queue, make_queue
+from ops.replay_dead_letters import main
+from tests.ops.conftest import Queue, make_queue, make_stage_queues
+from tests.ops.conftest import StageQueues as MotoStageQueues
 from tests.ops.support import (
     INVOKE_SD_ARN,
+    OTHER_OUTPUTS,
     REGION,
     TRIGGER_ARN,
+    describe_stacks_response,
     endpoint_down_error,
     lambda_record,
-    received,
     s3_event,
+    stub_client,
 )
-
-OTHER_OUTPUTS = [
-    {"OutputKey": "InputBucketName", "OutputValue": "infrastack-inputbucket-1"},
-    {"OutputKey": "EndpointName", "OutputValue": "speech-to-image-sd"},
-]
-
-
-def _client(service: str) -> Any:
-    """A real client that never reaches AWS (a Stubber answers, or the test fails)."""
-    return boto3.client(service, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
-
-
-def _describe_stacks_response(outputs: list[dict[str, str]]) -> dict[str, Any]:
-    """DescribeStacks for one stack with these outputs."""
-    return {
-        "Stacks": [
-            {
-                "StackName": "InfraStack",
-                "CreationTime": "2024-05-01T12:00:00Z",
-                "StackStatus": "CREATE_COMPLETE",
-                "Outputs": outputs,
-            }
-        ]
-    }
-
-
-# --- lambda_invoker ---------------------------------------------------------------------------------------------
-
-
-def test_lambda_invoker_sends_the_event_asynchronously_to_the_unqualified_function() -> None:
-    client = _client("lambda")
-    sent: list[dict[str, Any]] = []
-    client.meta.events.register("before-parameter-build.lambda.Invoke", lambda params, **_: sent.append(params))
-    event = s3_event()
-    letter = parse_dead_letter(received(lambda_record(event, function_arn=f"{INVOKE_SD_ARN}:$LATEST")))
-
-    with Stubber(client) as stubber:
-        stubber.add_response(
-            "invoke",
-            {"StatusCode": 202},
-            {"FunctionName": INVOKE_SD_ARN, "InvocationType": "Event", "Payload": ANY},
-        )
-        lambda_invoker(client)(letter.function_arn, letter.payload)
-        stubber.assert_no_pending_responses()
-
-    assert "Qualifier" not in sent[0]
-    assert json.loads(sent[0]["Payload"]) == event
-
-
-def test_lambda_invoker_raises_when_lambda_refuses() -> None:
-    client = _client("lambda")
-    with Stubber(client) as stubber:
-        stubber.add_client_error("invoke", "ResourceNotFoundException", "Function not found", 404)
-        with pytest.raises(ClientError, match="Function not found"):
-            lambda_invoker(client)(TRIGGER_ARN, s3_event())
-
-
-def test_lambda_invoker_raises_when_the_event_was_not_accepted() -> None:
-    client = _client("lambda")
-    with Stubber(client) as stubber:
-        stubber.add_response("invoke", {"StatusCode": 200})
-        with pytest.raises(RuntimeError, match="200 instead of 202"):
-            lambda_invoker(client)(TRIGGER_ARN, s3_event())
-
-
-# --- dead_letter_queue_urls -------------------------------------------------------------------------------------
-
-
-def test_dead_letter_queue_urls_keeps_only_the_dead_letter_outputs() -> None:
-    client = _client("cloudformation")
-    outputs = [
-        *OTHER_OUTPUTS,
-        {"OutputKey": "TranscribeTriggerDeadLetterQueueUrl", "OutputValue": "https://sqs/1/trigger-dlq"},
-        {"OutputKey": "InvokeSdDeadLetterQueueUrl", "OutputValue": "https://sqs/1/sd-dlq"},
-    ]
-    with Stubber(client) as stubber:
-        stubber.add_response("describe_stacks", _describe_stacks_response(outputs), {"StackName": "InfraStack"})
-        urls = dead_letter_queue_urls(client, "InfraStack")
-
-    assert urls == {
-        "InvokeSdDeadLetterQueueUrl": "https://sqs/1/sd-dlq",
-        "TranscribeTriggerDeadLetterQueueUrl": "https://sqs/1/trigger-dlq",
-    }
-
-
-def test_dead_letter_queue_urls_of_a_stack_without_outputs_is_empty() -> None:
-    client = _client("cloudformation")
-    response = _describe_stacks_response([])
-    del response["Stacks"][0]["Outputs"]  # CloudFormation leaves the key out, not an empty list
-    with Stubber(client) as stubber:
-        stubber.add_response("describe_stacks", response)
-        assert dead_letter_queue_urls(client, "InfraStack") == {}
-
-
-def test_dead_letter_queue_urls_of_a_missing_stack() -> None:
-    client = _client("cloudformation")
-    with Stubber(client) as stubber:
-        stubber.add_client_error("describe_stacks", "ValidationError", "Stack with id Nope does not exist", 400)
-        with pytest.raises(StackNotFoundError, match="Nope"):
-            dead_letter_queue_urls(client, "Nope")
-
-
-def test_dead_letter_queue_urls_passes_other_errors_on() -> None:
-    client = _client("cloudformation")
-    with Stubber(client) as stubber:
-        stubber.add_client_error("describe_stacks", "AccessDenied", "not authorized to DescribeStacks", 403)
-        with pytest.raises(ClientError, match="not authorized"):
-            dead_letter_queue_urls(client, "InfraStack")
-
 
 # --- main -------------------------------------------------------------------------------------------------------
 
@@ -174,16 +61,22 @@ class FakeSession:
 
 
 @pytest.fixture
-def stack(aws: None, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeSession, Stubber, dict[str, Queue]]:
-    """InfraStack with two dead-letter queues in moto; DescribeStacks stubbed to name them."""
-    queues = {
-        "TranscribeTriggerDeadLetterQueueUrl": make_queue("trigger-dlq"),
-        "InvokeSdDeadLetterQueueUrl": make_queue("invoke-sd-dlq"),
-    }
-    cloudformation = _client("cloudformation")
+def stages(aws: None) -> dict[str, MotoStageQueues]:
+    """The two stages S3 notifies, each a source queue redriving to its dead-letter queue, by output prefix."""
+    return {"TranscribeTrigger": make_stage_queues("trigger"), "InvokeSd": make_stage_queues("invoke-sd")}
+
+
+@pytest.fixture
+def stack(
+    stages: dict[str, MotoStageQueues], monkeypatch: pytest.MonkeyPatch
+) -> tuple[FakeSession, Stubber, dict[str, Queue]]:
+    """InfraStack with two stages' queues in moto; DescribeStacks stubbed to name them; the dead-letter queues."""
+    queues = {f"{stage}DeadLetterQueueUrl": pair.dead_letters for stage, pair in stages.items()}
+    cloudformation = stub_client("cloudformation")
     stubber = Stubber(cloudformation)
     outputs = OTHER_OUTPUTS + [{"OutputKey": name, "OutputValue": queue.url} for name, queue in queues.items()]
-    stubber.add_response("describe_stacks", _describe_stacks_response(outputs), {"StackName": "InfraStack"})
+    outputs += [{"OutputKey": f"{stage}QueueUrl", "OutputValue": pair.source.url} for stage, pair in stages.items()]
+    stubber.add_response("describe_stacks", describe_stacks_response(outputs), {"StackName": "InfraStack"})
     stubber.activate()
     session = FakeSession(sqs=next(iter(queues.values())).sqs, cloudformation=cloudformation)
     monkeypatch.setattr(module, "_session", lambda region: session)
@@ -213,6 +106,56 @@ def test_main_replays_every_queue_of_the_stack(stack: Any, capsys: pytest.Captur
     assert "replayed" in line
     assert out.splitlines()[-1] == "replayed 2, failed 0, unreadable 0"
     stubber.assert_no_pending_responses()
+
+
+def test_main_sends_redriven_s3_events_back_to_their_stages_queue(
+    stack: Any, stages: dict[str, MotoStageQueues], capsys: pytest.CaptureFixture[str]
+) -> None:
+    session, _, _ = stack
+    upload, transcript = s3_event("uploads/a.mp3"), s3_event("transcripts/a.mp3.json")
+    stages["TranscribeTrigger"].redrive(upload)
+    stages["InvokeSd"].redrive(transcript)
+
+    code = main([])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert session.lambda_.invoked == []
+    for stage, event in (("TranscribeTrigger", upload), ("InvokeSd", transcript)):
+        source = stages[stage].source
+        (back,) = source.sqs.receive_message(QueueUrl=source.url)["Messages"]
+        assert json.loads(back["Body"]) == event, f"{stage}'s event went back to {stage}'s queue"
+        assert stages[stage].dead_letters.counts() == (0, 0)
+    assert "S3 event (s3://speech-to-image-input/uploads/a.mp3) [MaxReceiveCountExceeded]" in out
+    assert out.splitlines()[-1] == "replayed 2, failed 0, unreadable 0"
+
+
+def test_main_with_a_queue_url_finds_its_source_queue_through_the_redrive_policy(
+    stack: Any, stages: dict[str, MotoStageQueues], capsys: pytest.CaptureFixture[str]
+) -> None:
+    session, _, _ = stack
+    stages["InvokeSd"].redrive(s3_event())
+
+    code = main(["--queue-url", stages["InvokeSd"].dead_letters.url])
+
+    assert code == 0
+    assert "cloudformation" not in session.created
+    assert stages["InvokeSd"].source.counts() == (1, 0)
+    assert capsys.readouterr().out.splitlines()[-1] == "replayed 1, failed 0, unreadable 0"
+
+
+def test_main_dry_run_reports_what_it_cannot_replay(capsys: pytest.CaptureFixture[str], stack: Any) -> None:
+    # A queue no source queue redrives to: its stray S3 event has nowhere to go.
+    orphan = make_queue("orphan-dlq")
+    orphan.send(s3_event())
+
+    code = main(["--dry-run", "--queue-url", orphan.url])
+
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAILED, left in the queue: an S3 event redriven from the stage's queue" in out
+    assert out.splitlines()[-1] == "dry run: would replay 0, cannot replay 1, unreadable 0; nothing was changed"
+    assert orphan.counts() == (1, 0)
 
 
 def test_main_exits_1_when_an_invoke_fails(stack: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -293,7 +236,7 @@ def test_main_unknown_queue_is_a_usage_error(stack: Any, capsys: pytest.CaptureF
 @pytest.fixture
 def empty_stack(monkeypatch: pytest.MonkeyPatch) -> Stubber:
     """A session whose CloudFormation is stubbed and nothing else is expected to be called."""
-    cloudformation = _client("cloudformation")
+    cloudformation = stub_client("cloudformation")
     stubber = Stubber(cloudformation)
     stubber.activate()
     session = FakeSession(sqs=None, cloudformation=cloudformation)
@@ -314,7 +257,7 @@ def test_main_stack_not_found(empty_stack: Stubber, capsys: pytest.CaptureFixtur
 
 
 def test_main_stack_without_dead_letter_outputs(empty_stack: Stubber, capsys: pytest.CaptureFixture[str]) -> None:
-    empty_stack.add_response("describe_stacks", _describe_stacks_response(OTHER_OUTPUTS))
+    empty_stack.add_response("describe_stacks", describe_stacks_response(OTHER_OUTPUTS))
 
     code = main([])
 

@@ -1,13 +1,15 @@
-"""Reading dead-letter messages: Lambda on-failure records, EventBridge dead letters, and malformed ones."""
+"""Reading dead-letter messages: Lambda records, EventBridge dead letters, redriven S3 events, malformed ones."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from ops.replay_dead_letters import MAX_ERROR_CHARS, DeadLetterError, parse_dead_letter
+from ops.dead_letters import MAX_ERROR_CHARS, REDRIVEN, DeadLetterError, parse_dead_letter
 from tests.ops.support import (
+    EVENTS_DIR,
     FAILED_ARN,
     INVOKE_SD_ARN,
     TRIGGER_ARN,
@@ -109,6 +111,33 @@ def test_local_mode_record_is_read_like_lambdas() -> None:
     assert letter.error == "EndpointError: endpoint down"
 
 
+def test_redriven_s3_event_goes_back_to_its_queue_exactly_as_s3_sent_it() -> None:
+    event = s3_event("notes/my idea.mp3")
+    body = json.dumps(event, indent=1)  # S3's own formatting, not ours: it must go back byte for byte
+    letter = parse_dead_letter(received(body, message_id="xyz"))
+
+    assert letter.redriven
+    assert (letter.function_arn, letter.function_name) == (None, None)
+    assert letter.body == body
+    assert letter.payload == event
+    assert (letter.condition, letter.error) == (REDRIVEN, None)
+    assert letter.label == "S3 event (s3://speech-to-image-input/notes/my idea.mp3)"
+
+
+def test_s3_test_event_in_a_dead_letter_queue_is_a_redriven_message() -> None:
+    body = (EVENTS_DIR / "s3_test_event.json").read_text()
+    letter = parse_dead_letter(received(body))
+
+    assert letter.redriven
+    assert letter.body == body
+    assert letter.label == "S3 event (no object)"
+
+
+def test_function_records_are_not_redriven() -> None:
+    assert not parse_dead_letter(received(lambda_record(s3_event()))).redriven
+    assert not parse_dead_letter(received(s3_event(), eventbridge_attributes())).redriven
+
+
 def _without(record: dict[str, Any], *path: str) -> dict[str, Any]:
     """The record with one (nested) field removed."""
     inner = record
@@ -124,7 +153,9 @@ def _without(record: dict[str, Any], *path: str) -> dict[str, Any]:
         (received("{not json"), "not JSON"),
         (received(""), "not JSON"),
         (received([1, 2]), "JSON list, not an object"),
-        (received(s3_event()), "neither a Lambda on-failure record"),
+        (received({"Records": [{"eventSource": "aws:sqs", "body": "{}"}]}), "neither a Lambda on-failure record"),
+        (received({"Records": []}), "nor an S3 event notification"),
+        (received({"Records": [*s3_event()["Records"], {"eventSource": "aws:sns"}]}), "neither"),
         (received(_without(lambda_record(s3_event()), "requestContext", "functionArn")), "neither"),
         (received({**lambda_record(s3_event()), "requestContext": "oops"}), "neither"),
         (received(_without(lambda_record(s3_event()), "requestPayload")), "without requestPayload"),

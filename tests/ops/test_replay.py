@@ -1,4 +1,4 @@
-"""Replaying a dead-letter queue (moto SQS) with a recording invoke."""
+"""Replaying a dead-letter queue (moto SQS): function events to a recording invoke, S3 events to their queue."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from ops import replay_dead_letters as module
-from ops.replay_dead_letters import ReplayReport, replay_dead_letters
-from tests.ops.conftest import Queue
+from ops import replay as module
+from ops.replay import NO_SOURCE_QUEUE, ReplayReport, replay_dead_letters
+from tests.ops.conftest import Queue, StageQueues
 from tests.ops.support import (
     FAILED_ARN,
     INVOKE_SD_ARN,
@@ -227,21 +227,125 @@ def test_held_messages_are_released_when_receiving_fails(queue: Queue, monkeypat
     assert queue.visible_ids() == set(failing)
 
 
+# --- S3 events redriven from a source queue -----------------------------------------------------------------------
+
+
+def test_a_redriven_s3_event_goes_back_to_its_source_queue_as_it_was(stage_queues: StageQueues) -> None:
+    body = json.dumps(s3_event("recordings/late.mp3"), indent=1)
+    message_id = stage_queues.redrive(body)
+    invoke = RecordingInvoke()
+
+    report = replay_dead_letters(
+        stage_queues.source.sqs,
+        stage_queues.dead_letters.url,
+        invoke,
+        source_queue_url=stage_queues.source.url,
+        wait_s=0,
+    )
+
+    assert report.ok
+    assert [letter.message_id for letter in report.replayed] == [message_id]
+    assert invoke.calls == [], "the S3 event is not a function's event: nothing is invoked"
+    assert stage_queues.dead_letters.counts() == (0, 0)
+    (back,) = stage_queues.source.sqs.receive_message(QueueUrl=stage_queues.source.url)["Messages"]
+    assert back["Body"] == body, "byte for byte what S3 sent"
+
+
+def test_a_queue_holding_every_shape_sends_each_where_it_belongs(stage_queues: StageQueues) -> None:
+    redriven = s3_event("recordings/queued.mp3")
+    stage_queues.redrive(redriven)
+    function_event = s3_event("recordings/async.mp3")
+    stage_queues.dead_letters.send(lambda_record(function_event))
+    stage_queues.dead_letters.send(transcribe_event(), eventbridge_attributes())
+    invoke = RecordingInvoke()
+
+    report = replay_dead_letters(
+        stage_queues.source.sqs,
+        stage_queues.dead_letters.url,
+        invoke,
+        source_queue_url=stage_queues.source.url,
+        wait_s=0,
+    )
+
+    assert (len(report.replayed), report.ok) == (3, True)
+    assert sorted(invoke.calls, key=str) == sorted(
+        [(INVOKE_SD_ARN, function_event), (FAILED_ARN, transcribe_event())], key=str
+    )
+    (back,) = stage_queues.source.sqs.receive_message(QueueUrl=stage_queues.source.url)["Messages"]
+    assert json.loads(back["Body"]) == redriven
+    assert stage_queues.dead_letters.counts() == (0, 0)
+
+
+def test_a_redriven_event_without_a_known_source_queue_stays_and_says_why(stage_queues: StageQueues) -> None:
+    stage_queues.redrive(s3_event())
+
+    report = replay_dead_letters(stage_queues.source.sqs, stage_queues.dead_letters.url, RecordingInvoke(), wait_s=0)
+
+    assert not report.ok
+    ((letter, why),) = report.failed
+    assert letter.redriven and why == NO_SOURCE_QUEUE
+    assert stage_queues.dead_letters.counts() == (1, 0), "kept, visible again"
+    assert stage_queues.source.counts() == (0, 0)
+
+
+def test_a_dry_run_sends_no_s3_event_back(stage_queues: StageQueues) -> None:
+    stage_queues.redrive(s3_event())
+
+    report = replay_dead_letters(
+        stage_queues.source.sqs,
+        stage_queues.dead_letters.url,
+        RecordingInvoke(),
+        source_queue_url=stage_queues.source.url,
+        dry_run=True,
+        wait_s=0,
+    )
+
+    assert [letter.redriven for letter in report.replayed] == [True]
+    assert stage_queues.source.counts() == (0, 0)
+    assert stage_queues.dead_letters.counts() == (1, 0)
+
+
+def test_a_redriven_event_is_deleted_only_after_send_message_succeeded() -> None:
+    message = {"MessageId": "m-1", "ReceiptHandle": "h-1", "Body": json.dumps(s3_event())}
+    refused = _ScriptedSqs([[message], []], send_fails=True)
+
+    report = replay_dead_letters(refused, "dlq", RecordingInvoke(), source_queue_url="source", wait_s=0)
+
+    assert refused.deleted == [], "a refused SendMessage keeps the dead letter"
+    assert "AccessDenied" in report.failed[0][1]
+    assert refused.released == [[{"Id": "0", "ReceiptHandle": "h-1", "VisibilityTimeout": 0}]]
+
+    accepted = _ScriptedSqs([[message], []])
+    assert replay_dead_letters(accepted, "dlq", RecordingInvoke(), source_queue_url="source", wait_s=0).ok
+    assert accepted.calls == [("send", "source", message["Body"]), ("delete", "h-1")]
+
+
 class _ScriptedSqs:
     """An SQS client that answers ReceiveMessage from a script and records deletes."""
 
-    def __init__(self, batches: list[list[dict[str, Any]]], delete_fails: bool = False) -> None:
+    def __init__(
+        self, batches: list[list[dict[str, Any]]], delete_fails: bool = False, send_fails: bool = False
+    ) -> None:
         self.batches = batches
         self.delete_fails = delete_fails
+        self.send_fails = send_fails
         self.deleted: list[str] = []
         self.released: list[list[dict[str, Any]]] = []
+        self.calls: list[tuple[str, ...]] = []
 
     def receive_message(self, **_: Any) -> dict[str, Any]:
         return {"Messages": self.batches.pop(0)} if self.batches else {}
 
+    def send_message(self, QueueUrl: str, MessageBody: str) -> dict[str, Any]:
+        if self.send_fails:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not allowed"}}, "SendMessage")
+        self.calls.append(("send", QueueUrl, MessageBody))
+        return {"MessageId": "new"}
+
     def delete_message(self, QueueUrl: str, ReceiptHandle: str) -> None:
         if self.delete_fails:
             raise ClientError({"Error": {"Code": "ReceiptHandleIsInvalid", "Message": "expired"}}, "DeleteMessage")
+        self.calls.append(("delete", ReceiptHandle))
         self.deleted.append(ReceiptHandle)
 
     def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
