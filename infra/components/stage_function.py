@@ -13,6 +13,7 @@ from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra.config import LOG_RETENTION_DAYS, PipelineConfig
@@ -21,6 +22,12 @@ from infra.pipeline import BucketRole, Handler, QueueSettings, handler_environme
 
 LAMBDAS_DIR = Path(__file__).resolve().parents[2] / "lambdas"
 RUNTIME = lambda_.Runtime.PYTHON_3_14
+ARCHITECTURE = lambda_.Architecture.X86_64
+# The handlers use AWS Lambda Powertools (EMF metrics, SQS partial batch responses), which the Lambda runtime
+# does not include. AWS publishes each release as a layer in every region and names its ARN in a public SSM
+# parameter: the release the tests run against (requirements-dev.txt), resolved at deploy time.
+POWERTOOLS_VERSION = "3.37.0"
+POWERTOOLS_PARAMETER = f"/aws/service/powertools/python/{ARCHITECTURE.name}/{RUNTIME.name}/{POWERTOOLS_VERSION}"
 # EventBridge and the schedule invoke asynchronously: two retries, then the event goes to the dead-letter queue.
 ASYNC_RETRY_ATTEMPTS = 2
 # An event older than this is no longer worth retrying; it goes to the dead-letter queue.
@@ -94,6 +101,8 @@ class StageFunction(Construct):
                 exclude=[*others, "**/__pycache__", "**/*.pyc"],
             ),
             handler=handler.entry_point,
+            architecture=ARCHITECTURE,
+            layers=[powertools_layer(self)],
             description=description,
             # Exactly what local mode gives the handler too: one definition in infra/pipeline.py.
             environment=handler_environment(handler, config, bucket_names, ledger_table),
@@ -187,6 +196,16 @@ class StageFunction(Construct):
                 if finding not in self._acknowledged:
                     self._acknowledged.add(finding)
                     acknowledge(self.role, finding, wildcard_reason)
+
+
+def powertools_layer(scope: Construct) -> lambda_.ILayerVersion:
+    """AWS's Powertools layer for this runtime and architecture, one per stack."""
+    stack = Stack.of(scope)
+    existing = stack.node.try_find_child("PowertoolsLayer")
+    if existing is not None:
+        return existing  # type: ignore[return-value]
+    arn = ssm.StringParameter.value_for_string_parameter(stack, POWERTOOLS_PARAMETER)
+    return lambda_.LayerVersion.from_layer_version_arn(stack, "PowertoolsLayer", arn)
 
 
 # RetentionDays lists CloudWatch's allowed periods in ascending order, INFINITE last.

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 from aws_cdk.assertions import Match
 
 from infra.config import PipelineConfig
 from infra.pipeline import VERSIONED_BUCKETS, BucketRole, Handler, event_routes, handler_environment
 
-from .conftest import Synth
+from .conftest import REPO, Synth
 from .support import QUEUED, bucket_id, dead_letter_queue_id, function, logical_id, source_queue_id, stage
 
 # --- buckets -------------------------------------------------------------------------------
@@ -244,6 +245,21 @@ def test_lambda_assets_hold_only_their_own_handler_and_the_shared_package(synth:
         assert (folder / "pipeline_common").is_dir()
         assert [other for other in Handler if other is not handler and (folder / other.value).exists()] == []
         assert not list(folder.rglob("__pycache__"))
+
+
+def test_functions_get_aws_powertools_from_its_layer_at_the_version_the_tests_run(synth: Synth) -> None:
+    # The Lambda runtime has boto3 but not Powertools, which the handlers import: without the layer every
+    # invocation fails at import. The layer must hold the release the unit tests ran against.
+    pinned = re.search(r"^aws-lambda-powertools==(\S+)$", (REPO / "requirements-dev.txt").read_text(), re.MULTILINE)
+    assert pinned is not None
+    parameters = synth.infra_template.to_json()["Parameters"]
+    for handler in Handler:
+        props = function(synth, handler)[1]["Properties"]
+        assert props["Architectures"] == ["x86_64"]
+        ((layer,),) = [props["Layers"]]
+        parameter = parameters[layer["Ref"]]
+        assert parameter["Type"] == "AWS::SSM::Parameter::Value<String>", "resolved by CloudFormation at deploy"
+        assert parameter["Default"] == f"/aws/service/powertools/python/x86_64/python3.14/{pinned[1]}"
 
 
 def test_handler_environment_is_the_shared_definition(synth: Synth, synth_variant: Synth) -> None:
