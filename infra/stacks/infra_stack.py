@@ -124,8 +124,9 @@ class InfraStack(Stack):
             "ErrorsAlarm",
             metric=stage.metric_errors(ALARM_PERIOD),
             threshold=1,
-            description=f"{name} failed at least once in 5 minutes. Lambda retries it twice; the uploads involved "
-            f"may get an errors/<key>.json record with the reason. Read the log group {logs} for the cause.",
+            description=f"{name} failed at least once in 5 minutes. Its events are tried again (SQS hands a queued "
+            f"S3 event out again, Lambda retries others twice); the uploads involved may get an errors/<key>.json "
+            f"record with the reason. Read the log group {logs} for the cause.",
             topic=self.alarm_topic.topic,
         )
         notify_alarm(
