@@ -1,4 +1,4 @@
-"""pipeline_common: event parsing, the key layout of CONTRACTS.md, settings, batch failure handling."""
+"""pipeline_common: event parsing, the key layout of CONTRACTS.md, settings, batches, error records, metrics."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from infra.config import TRANSCRIBE_MEDIA_FORMATS
 from pipeline_common.batch import RecordsFailedError, process_each
 from pipeline_common.clients import ClientCache
-from pipeline_common.error_records import build_error_record
+from pipeline_common.error_records import MAX_REASON_CHARS, build_error_record, redact
 from pipeline_common.events import EventError, S3Record, parse_s3_event
 from pipeline_common.keys import (
     KeyMappingError,
@@ -230,6 +230,7 @@ def test_error_record_has_the_contract_fields() -> None:
         error="empty-file",
         reason="r",
         action="a",
+        request_id="req-1",
         now=lambda: "2024-05-01T12:00:00.000Z",
     )
     assert record == {
@@ -240,6 +241,7 @@ def test_error_record_has_the_contract_fields() -> None:
         "reason": "r",
         "action": "a",
         "time": "2024-05-01T12:00:00.000Z",
+        "request_id": "req-1",
         "details": {},
     }
     with pytest.raises(ValueError, match="stage"):
@@ -314,8 +316,9 @@ def test_float_setting_out_of_range_is_named(value: str) -> None:
         as_float("MIN_TRANSCRIPT_CONFIDENCE", value, minimum=0.0, maximum=1.0)
 
 
-def test_lambda_code_imports_only_stdlib_boto3_and_pipeline_common() -> None:
-    allowed = set(sys.stdlib_module_names) | {"boto3", "botocore", "pipeline_common"}
+def test_lambda_code_imports_only_stdlib_boto3_powertools_and_pipeline_common() -> None:
+    # What the Lambda runtime (boto3) and the Powertools layer provide: the asset is the lambdas/ folder alone.
+    allowed = set(sys.stdlib_module_names) | {"boto3", "botocore", "aws_lambda_powertools", "pipeline_common"}
     for path in LAMBDAS.rglob("*.py"):
         package = path.relative_to(LAMBDAS).parts[0]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -328,3 +331,34 @@ def test_lambda_code_imports_only_stdlib_boto3_and_pipeline_common() -> None:
             for name in names:
                 top = name.split(".")[0]
                 assert top in allowed | {package}, f"{path}: imports {name}"
+
+
+def test_error_record_reason_hides_arns_and_account_ids() -> None:
+    reason = (
+        "User: arn:aws:sts::123456789012:assumed-role/Trigger-Role/fn is not authorized to perform: "
+        "sagemaker:InvokeEndpoint on resource: arn:aws-cn:sagemaker:cn-north-1:123456789012:endpoint/sd "
+        "(account 210987654321)"
+    )
+    record = build_error_record(
+        source_bucket="in", source_key="k.mp3", stage="generate", error="endpoint-error", reason=reason, action="a"
+    )
+    assert record["reason"] == (
+        "User: <arn> is not authorized to perform: sagemaker:InvokeEndpoint on resource: <arn> (account <account>)"
+    )
+    # Longer numbers (timestamps, sizes) are no account ids.
+    assert redact("took 1714564800000 ms for 4096 bytes") == "took 1714564800000 ms for 4096 bytes"
+
+
+def test_error_record_reason_is_cut_to_a_readable_length() -> None:
+    reason = redact("x" * 5000)
+    assert len(reason) == MAX_REASON_CHARS and reason.endswith("...")
+    assert redact("short") == "short"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: pipeline_common/error_records.py _ARN requires a 12-digit account, so S3 ARNs "
+    "(arn:aws:s3:::bucket/key, no region or account) pass redact() unchanged",
+)
+def test_s3_arns_are_redacted_too() -> None:
+    assert "arn:" not in redact('not authorized to perform: s3:GetObject on resource: "arn:aws:s3:::private/key.mp3"')
