@@ -3,8 +3,8 @@
 Each sample is a fresh interpreter (cwd and PYTHONPATH = the Lambda asset root) that times one
 import with perf_counter; the median over the runs is reported. Two settings: handler code with
 cached bytecode (.pyc), and handler code from source only, as on Lambda, whose /var/task is
-read-only so nothing can be cached there (boto3 itself comes precompiled in both). Acceptance:
-each handler costs at most 20 % more than boto3 (ratio <= 1.2).
+read-only so nothing can be cached there (boto3 and Powertools come precompiled in both). Acceptance
+(the ledger issue): each of the four handlers costs at most 1.5 times `import boto3` (ratio <= 1.5).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 LAMBDAS = Path(__file__).resolve().parents[1] / "lambdas"
-TARGETS = ("boto3", "transcribe_trigger.handler", "invoke_sd.handler", "transcribe_failed.handler")
-LIMIT = 1.2
+TARGETS = ("boto3", "transcribe_trigger.handler", "invoke_sd.handler", "transcribe_failed.handler", "sweeper.handler")
+LIMIT = 1.5
 # perf_counter around the import only: interpreter start-up is the same for every target.
 SNIPPET = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
 
