@@ -55,7 +55,7 @@ def test_event_keys_are_url_decoded(event_file: str, expected_key: str) -> None:
     assert record.bucket == INPUT_BUCKET
     assert record.key == expected_key
     assert record.size == 4096
-    assert record.etag and record.sequencer
+    assert record.etag and record.sequencer and record.version_id
 
 
 def test_encoded_slash_is_decoded_too() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pipeline_common.events import EventError, parse_s3_event
 from pipeline_common.ledger import DynamoLedger
 from pipeline_common.settings import SettingsError
 from tests.lambdas.support import (
@@ -22,7 +24,7 @@ from tests.lambdas.support import (
     load_event,
     s3_event,
 )
-from transcribe_trigger.core import detect_container
+from transcribe_trigger.core import detect_container, upload_of
 
 KEY = "notes/my idea.mp3"
 
@@ -207,6 +209,20 @@ def test_bad_environment_is_named(
     trigger.SETTINGS.reset()
     with pytest.raises(SettingsError, match=name):
         trigger.handler(load_event("s3_put_simple.json"), lambda_context)
+
+
+def test_event_without_a_sequencer_fails_loudly(trigger: Any, aws: Aws, lambda_context: Any) -> None:
+    # moto's S3 -> SQS notifications lack it (local mode adds it); S3 always sends one, and the ledger orders by it.
+    batch = load_event("sqs_s3_put_partial.json")
+    aws.upload("local/sqs delivered.wav", audio_bytes("wav"))
+
+    result = trigger.handler(batch, lambda_context)
+
+    assert result["batchItemFailures"] == [{"itemIdentifier": batch["Records"][1]["messageId"]}]
+    assert aws.transcribe_calls == []
+    assert aws.keys(OUTPUT_BUCKET) == []
+    with pytest.raises(EventError, match="sequencer"):
+        upload_of(parse_s3_event(json.loads(batch["Records"][1]["body"]))[0])
 
 
 @pytest.mark.parametrize("container", sorted(AUDIO_HEADERS))
