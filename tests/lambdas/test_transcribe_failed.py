@@ -247,15 +247,27 @@ def test_job_of_a_replaced_upload_is_superseded(
             "identification.",
             "a few seconds of clear speech",
         ),
-        ("Internal failure", "upload the recording again under a new name"),
+        ("Internal failure", "upload the recording again"),
         (
             "The S3 URI that you provided can't be accessed. Make sure that you have read permission.",
-            "under a new name (the same file under the same name maps to this failed job)",
+            "check the job in the Amazon Transcribe console",
         ),
     ],
 )
 def test_action_follows_the_failure_reason(reason: str, hint: str) -> None:
     assert hint in failure_action(reason, ("mp3", "wav"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: transcribe_failed/core.py failure_action still says the same file under the same name maps to the "
+    "failed job; job names now come from the version id, so a plain re-upload is a new job",
+)
+def test_fallback_advice_does_not_send_the_user_to_a_new_name(aws: Aws) -> None:
+    first, second = aws.upload(KEY, b"ID3 same bytes"), aws.upload(KEY, b"ID3 same bytes")
+    assert job_name(KEY, first.version_id, JOB_PREFIX) != job_name(KEY, second.version_id, JOB_PREFIX)
+
+    assert "new name" not in failure_action("Internal failure", ("mp3",))
 
 
 def test_job_without_a_reason_still_gets_a_record(
@@ -268,7 +280,7 @@ def test_job_without_a_reason_still_gets_a_record(
 
     record = aws.read_json(OUTPUT_BUCKET, f"errors/{KEY}.json")
     assert record["reason"] == "Amazon Transcribe reported the job as FAILED without a reason"
-    assert "under a new name" in record["action"]
+    assert "upload the recording again" in record["action"]
     assert record["details"] == {"job_name": name, "language_code": "en-US"}
 
 
