@@ -189,12 +189,19 @@ def describe_endpoint_failure(error: BaseException, endpoint_name: str, attempts
             transient=True,
         )
     if code == "ModelError":
-        log_stream = getattr(error, "response", {}).get("LogStreamArn")
+        # The log stream's ARN names the account: it goes to the log, the record points at the endpoint's logs.
+        logger.error(
+            "the model rejected the request",
+            extra={
+                "endpoint_name": endpoint_name,
+                "log_stream_arn": getattr(error, "response", {}).get("LogStreamArn"),
+            },
+        )
         return EndpointFailure(
             "endpoint-rejected",
             message,
             f"the model rejected the request: check IMAGE_PARAMETERS (imageParameters in cdk.json) and the "
-            f"endpoint's logs{f' ({log_stream})' if log_stream else ''}, {rerun}",
+            f"endpoint's CloudWatch logs (/aws/sagemaker/Endpoints/{endpoint_name}), {rerun}",
             attempts,
         )
     return EndpointFailure(

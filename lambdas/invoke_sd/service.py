@@ -90,36 +90,49 @@ def generate_image(record: S3Record, deps: Dependencies) -> Result:
         logger.info("transcript is not for an unfinished current upload; skipped", extra={**context, "outcome": skip})
         return _done(deps, Result(source_key, skip or SUPERSEDED))
     results.metrics.stage_seconds("transcribe", _seconds_since(entry.received_at))
+    reject = _rejecter(results, entry, location)
     try:
-        return _done(deps, _generate(deps, entry, transcript, problem, location, read_s))
+        checked = _check_transcript(settings, transcript, problem, reject)
     except Exception as error:
-        stage = "generate" if isinstance(error, EndpointFailure) else "transcript"
-        if isinstance(error, EndpointFailure):
-            results.record_retry(entry, stage=stage, code=error.code, reason=error.reason, action=error.action)
-        else:
-            results.record_retry(entry, stage=stage, failure=error)
+        results.record_retry(entry, stage="transcript", failure=error)
         # Re-raised: the message goes back to the queue, and after the last receive to the dead-letter queue.
+        raise
+    if isinstance(checked, Result):
+        return _done(deps, checked)
+    assert transcript is not None
+    prompt, transcript_truncated = checked
+    try:
+        return _done(deps, _generate(deps, entry, transcript, prompt, transcript_truncated, location, read_s, reject))
+    except EndpointFailure as failure:
+        # Transient (overloaded, scaling): the record says so in the endpoint's words; the queue retries.
+        results.record_retry(entry, stage="generate", code=failure.code, reason=failure.reason, action=failure.action)
+        raise
+    except Exception as error:
+        results.record_retry(entry, stage="generate", failure=error)
         raise
 
 
-def _generate(
-    deps: Dependencies,
-    entry: Entry,
-    transcript: Transcript | None,
-    problem: TranscriptError | None,
-    location: dict[str, Any],
-    read_s: float,
-) -> Result:
-    settings, results = deps.settings, deps.results
-    key = entry.key
+def _rejecter(results: Results, entry: Entry, location: dict[str, Any]) -> Callable[..., Result]:
+    """Commit an error record as the upload's result; the Result says what happened."""
 
     def reject(stage: str, code: str, reason: str, action: str, **details: Any) -> Result:
         committed = results.commit_error(
             entry, stage=stage, code=code, reason=reason, action=action, details={"transcript": location, **details}
         )
-        outcome = "rejected" if committed.outcome == COMMITTED else committed.outcome
-        return Result(key, outcome, error_key=committed.key if committed.outcome == COMMITTED else None)
+        if committed.outcome != COMMITTED:
+            return Result(entry.key, committed.outcome)
+        return Result(entry.key, "rejected", error_key=committed.key)
 
+    return reject
+
+
+def _check_transcript(
+    settings: Settings,
+    transcript: Transcript | None,
+    problem: TranscriptError | None,
+    reject: Callable[..., Result],
+) -> Result | tuple[str, bool]:
+    """The prompt and whether it was cut, or the upload's error record when the transcript cannot be one."""
     if problem is not None or transcript is None:
         assert problem is not None
         return reject("transcript", problem.code, str(problem), RETRY_UPLOAD)
@@ -139,7 +152,22 @@ def _generate(
             words=transcript.scored_words,
             heard=transcript.text,
         )
+    return prompt, transcript_truncated
 
+
+def _generate(
+    deps: Dependencies,
+    entry: Entry,
+    transcript: Transcript,
+    prompt: str,
+    transcript_truncated: bool,
+    location: dict[str, Any],
+    read_s: float,
+    reject: Callable[..., Result],
+) -> Result:
+    """Take the upload's generation lease, then generate and commit; the lease is given back on any failure."""
+    results = deps.results
+    key = entry.key
     # The generation lease: one GPU call per upload, however often the transcript's event is delivered.
     token = uuid.uuid4().hex
     try:
@@ -191,7 +219,12 @@ def _generate_with_lease(
     except EndpointFailure as failure:
         if failure.transient:
             raise
-        logger.error("image generation failed for good", extra={"key": key, "error_code": failure.code})
+        # The endpoint's own words (they may name a role or account) go to the log; the record is redacted.
+        logger.error(
+            "image generation failed for good",
+            extra={"key": key, "error_code": failure.code, "reason": failure.reason},
+            exc_info=failure.__cause__,
+        )
         return reject("generate", failure.code, failure.reason, failure.action, attempts=failure.attempts)
     call_s = time.perf_counter() - started
     try:

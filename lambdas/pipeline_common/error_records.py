@@ -19,7 +19,8 @@ INTERNAL_ERROR = "internal-error"
 # Enough to say what went wrong; a whole traceback belongs in the logs, not in a user-facing record.
 MAX_REASON_CHARS = 1000
 # What a reason must never show a user: role and resource ARNs, account ids (they go to the logs only).
-_ARN = re.compile(r"arn:aws[a-z-]*:[a-z0-9-]*:[a-z0-9-]*:\d{12}:[^\s\"',;)]+")
+# S3 ARNs name no region or account (`arn:aws:s3:::bucket/key`), so both parts are optional.
+_ARN = re.compile(r"arn:aws[a-z-]*:[a-z0-9-]*:[a-z0-9-]*:\d{0,12}:[^\s\"',;)]+")
 _ACCOUNT_ID = re.compile(r"(?<!\d)\d{12}(?!\d)")
 
 
@@ -38,6 +39,17 @@ def redact(text: str) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
 
 
+def _redacted(value: Any) -> Any:
+    """`value` with every string in it redacted (details hold service text too, e.g. a FailureReason)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
+
+
 def build_error_record(
     *,
     source_bucket: str,
@@ -50,7 +62,7 @@ def build_error_record(
     request_id: str | None = None,
     now: Callable[[], str] = utc_now,
 ) -> dict[str, Any]:
-    """The error record of docs/CONTRACTS.md as a dict; the reason is redacted."""
+    """The error record of docs/CONTRACTS.md as a dict; reason, action and details are redacted."""
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r} is not one of {STAGES}")
     return {
@@ -59,11 +71,11 @@ def build_error_record(
         "stage": stage,
         "error": error,
         "reason": redact(reason),
-        "action": action,
+        "action": redact(action),
         "time": now(),
         # Quote it to the operator: it finds the invocation's log lines.
         "request_id": request_id,
-        "details": dict(details or {}),
+        "details": _redacted(dict(details or {})),
     }
 
 

@@ -308,11 +308,11 @@ class DynamoLedger:
             return False
         return True
 
-    def pending_before(self, cutoff: str) -> Iterator[Entry]:
+    def pending_before(self, cutoff: str, *, index: str = PENDING_INDEX) -> Iterator[Entry]:
         """Every in-flight upload whose stage last moved before `cutoff` (ISO-8601 UTC), oldest first."""
         arguments: dict[str, Any] = {
             "TableName": self.table,
-            "IndexName": PENDING_INDEX,
+            "IndexName": index,
             "KeyConditionExpression": "#pending = :pending AND #updated_at < :cutoff",
             "ExpressionAttributeNames": {"#pending": PENDING, "#updated_at": UPDATED_AT},
             "ExpressionAttributeValues": {":pending": _s(PENDING_VALUE), ":cutoff": _s(cutoff)},

@@ -30,6 +30,7 @@ class Settings(CommonSettings):
     """What the sweeper needs from its environment."""
 
     stuck_after_minutes: int
+    pending_index: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -37,7 +38,12 @@ class Settings(CommonSettings):
         return cls(
             **cls.common_from_env(environ),
             stuck_after_minutes=as_int("STUCK_AFTER_MINUTES", require(environ, "STUCK_AFTER_MINUTES"), minimum=1),
+            pending_index=require(environ, "LEDGER_PENDING_INDEX"),
         )
+
+
+class SweepError(RuntimeError):
+    """Some stuck uploads could not be recorded; the others were. Raised so the run counts as failed."""
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,18 @@ def sweep(
 ) -> list[Result]:
     """Record every upload stuck longer than `stuck_after_minutes` in one stage; skip those that move meanwhile."""
     cutoff = iso(now() - timedelta(minutes=settings.stuck_after_minutes))
-    swept = [_sweep_one(entry, settings, results) for entry in results.ledger.pending_before(cutoff)]
+    swept: list[Result] = []
+    failed: list[str] = []
+    for entry in results.ledger.pending_before(cutoff, index=settings.pending_index):
+        try:
+            swept.append(_sweep_one(entry, settings, results))
+        except Exception:
+            # One upload that cannot be recorded now must not hide every later one: go on, fail at the end.
+            logger.exception("stuck upload not recorded; tried again next run", extra={"key": entry.key})
+            failed.append(entry.key)
     logger.info("sweep done", extra={"cutoff": cutoff, "stuck": sum(r.outcome == STUCK for r in swept)})
+    if failed:
+        raise SweepError(f"{len(failed)} stuck upload(s) could not be recorded: {failed[:10]}")
     return swept
 
 

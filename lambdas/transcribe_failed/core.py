@@ -137,10 +137,9 @@ def failure_action(reason: str, media_formats: Sequence[str]) -> str:
             f"upload a playable recording in one of: {', '.join(media_formats)} "
             "(the file may be damaged, hold no audio, or be in another format than its name says)"
         )
-    # The same bytes under the same name give the same job name, and Transcribe keeps the failed job.
     return (
-        "upload the recording again under a new name (the same file under the same name maps to this failed job); "
-        "if it fails again, check the job in the Amazon Transcribe console"
+        "upload the recording again (every upload gets its own job); if it fails again, check the job in the "
+        "Amazon Transcribe console"
     )
 
 

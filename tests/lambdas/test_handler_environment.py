@@ -6,7 +6,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from sweeper.core import Settings as SweeperSettings
 
 import infra.pipeline as pipeline
 from infra.config import PipelineConfig
@@ -14,6 +13,7 @@ from infra.pipeline import JOB_NAME_PREFIX, METRICS_NAMESPACE, BucketRole, Handl
 from invoke_sd.settings import Settings as InvokeSdSettings
 from pipeline_common import ledger
 from pipeline_common.metrics import DEFAULT_NAMESPACE
+from sweeper.core import Settings as SweeperSettings
 from tests.lambdas.support import BUCKETS, LEDGER_TABLE
 from transcribe_failed.core import Settings as TranscribeFailedSettings
 from transcribe_trigger.core import Settings as TranscribeTriggerSettings
@@ -48,16 +48,7 @@ def test_every_handler_has_settings() -> None:
     assert set(SETTINGS) == set(Handler)
 
 
-UNREAD_BY_SWEEPER = pytest.mark.xfail(
-    strict=True,
-    reason="bug: infra/pipeline.py gives the sweeper LEDGER_PENDING_INDEX, but lambdas/sweeper/core.py Settings "
-    "never reads it (DynamoLedger.pending_before queries the PENDING_INDEX constant)",
-)
-
-
-@pytest.mark.parametrize(
-    "handler", [pytest.param(h, marks=UNREAD_BY_SWEEPER) if h is Handler.SWEEPER else h for h in Handler]
-)
+@pytest.mark.parametrize("handler", list(Handler))
 def test_settings_read_every_variable_the_handler_is_given(handler: Handler) -> None:
     given = handler_environment(handler, PipelineConfig(), BUCKETS, LEDGER_TABLE)
     environ = RecordingEnviron(given)

@@ -231,11 +231,6 @@ def test_missing_endpoint_record_names_the_endpoint_but_not_the_account(
     assert f"the endpoint {ENDPOINT} does not exist: deploy HuggingFaceModelEndpoint" in record["action"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: invoke_sd/endpoint.py describe_endpoint_failure puts the model's LogStreamArn (account id "
-    "included) into the action of an endpoint-rejected record; only the reason is redacted",
-)
 def test_rejected_request_record_shows_no_account_id(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
     client, stubber = sagemaker
     client_error(
@@ -255,11 +250,6 @@ def test_rejected_request_record_shows_no_account_id(aws: Aws, sagemaker: tuple[
     assert "123456789012" not in json.dumps(record)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: invoke_sd/service.py logs only the error code of a permanent endpoint failure; the unredacted "
-    "message (which role was denied, in which account) reaches neither the record nor the log",
-)
 def test_permanent_failure_message_is_logged_for_the_operator(
     aws: Aws, sagemaker: tuple[Any, Stubber], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -344,11 +334,6 @@ def test_image_write_failure_records_a_retry_and_the_retry_succeeds(aws: Aws, sa
     assert aws.keys(OUTPUT_BUCKET) == sorted(IMAGES.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: invoke_sd/service.py generate_image labels every non-endpoint failure stage 'transcript', "
-    "even one writing the image set after the endpoint answered",
-)
 def test_image_write_failure_is_recorded_at_the_generate_stage(aws: Aws, sagemaker: tuple[Any, Stubber]) -> None:
     client, stubber = sagemaker
     expect_call(stubber, endpoint_response(tiny_png()))

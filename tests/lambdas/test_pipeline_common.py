@@ -355,10 +355,5 @@ def test_error_record_reason_is_cut_to_a_readable_length() -> None:
     assert redact("short") == "short"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: pipeline_common/error_records.py _ARN requires a 12-digit account, so S3 ARNs "
-    "(arn:aws:s3:::bucket/key, no region or account) pass redact() unchanged",
-)
 def test_s3_arns_are_redacted_too() -> None:
     assert "arn:" not in redact('not authorized to perform: s3:GetObject on resource: "arn:aws:s3:::private/key.mp3"')

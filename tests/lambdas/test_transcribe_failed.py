@@ -258,11 +258,6 @@ def test_action_follows_the_failure_reason(reason: str, hint: str) -> None:
     assert hint in failure_action(reason, ("mp3", "wav"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: transcribe_failed/core.py failure_action still says the same file under the same name maps to the "
-    "failed job; job names now come from the version id, so a plain re-upload is a new job",
-)
 def test_fallback_advice_does_not_send_the_user_to_a_new_name(aws: Aws) -> None:
     first, second = aws.upload(KEY, b"ID3 same bytes"), aws.upload(KEY, b"ID3 same bytes")
     assert job_name(KEY, first.version_id, JOB_PREFIX) != job_name(KEY, second.version_id, JOB_PREFIX)
@@ -350,11 +345,6 @@ def test_unexpected_error_after_the_upload_is_known_is_recorded_and_raised(
     assert aws.read_json(OUTPUT_BUCKET, f"errors/{KEY}.json")["error"] == "transcription-failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: transcribe_failed/core.py copies the raw FailureReason into details.failure_reason, "
-    "so an ARN or account id that the redacted reason hides still reaches the user's record",
-)
 def test_failure_reason_with_an_arn_is_redacted_everywhere_in_the_record(
     failed: Any, aws: Aws, transcribe_stub: tuple[Any, Stubber], lambda_context: Any
 ) -> None:
