@@ -226,6 +226,7 @@ class Dispatcher:
                 self._invoke_batch(sqs, binding, index, messages)
             except Exception:
                 log.exception("delivering a batch from %s failed; its messages return to the queue", binding.url)
+                self._return(sqs, binding, messages)
             finally:
                 self.activity.end()
 
@@ -241,13 +242,20 @@ class Dispatcher:
         # A failed message is final once its queue will move it to the dead-letter queue instead of delivering it.
         final = not failed or min(receives) >= binding.route.queue.max_receive_count
         self.observer.after_invoke(handler, event, invocation, final, function)
+        self._return(sqs, binding, [message for message in messages if message["MessageId"] in failed])
         for message in messages:
-            if message["MessageId"] in failed:
+            if message["MessageId"] not in failed:
+                sqs.delete_message(QueueUrl=binding.url, ReceiptHandle=message["ReceiptHandle"])
+
+    def _return(self, sqs: Any, binding: QueueBinding, messages: list[dict[str, Any]]) -> None:
+        """Make failed messages visible again after the local retry delay (on AWS: the visibility timeout)."""
+        for message in messages:
+            try:
                 sqs.change_message_visibility(
                     QueueUrl=binding.url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=self.retry_delay_s
                 )
-            else:
-                sqs.delete_message(QueueUrl=binding.url, ReceiptHandle=message["ReceiptHandle"])
+            except Exception:
+                log.exception("could not return a message to %s; it reappears after the queue's timeout", binding.url)
 
     # -- asynchronous invocation (EventBridge) -----------------------------------------------------
 
