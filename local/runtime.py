@@ -226,12 +226,19 @@ class LocalRuntime:
         """Send an event to a handler through its queue, as S3 or EventBridge would (again, or out of order).
 
         For an S3 route `event` is the S3 event (an SQS batch event is unwrapped into its messages' bodies).
+        The sweeper has no queue: its (scheduled) event runs it at once.
         """
+        if handler is Handler.SWEEPER:
+            self.sweep()
+            return
         bodies = [event]
-        if handler is not Handler.TRANSCRIBE_FAILED and all(
-            record.get("eventSource") == "aws:sqs" for record in event.get("Records", [{}])
+        records = event.get("Records")
+        if (
+            handler is not Handler.TRANSCRIBE_FAILED
+            and records
+            and all(record.get("eventSource") == "aws:sqs" for record in records)
         ):
-            bodies = [json.loads(record["body"]) for record in event["Records"]]
+            bodies = [json.loads(record["body"]) for record in records]
         for body in bodies:
             self._sqs.send_message(QueueUrl=self.aws.queue_for(handler).url, MessageBody=json.dumps(body))
 

@@ -456,3 +456,18 @@ def test_only_one_runtime_per_process(runtime: LocalRuntime) -> None:
     _upload_bytes(runtime, "still-alive.mp3", b"ID3 probe")
     assert runtime.wait_until_idle(30)
     assert len(_events_for(runtime, Handler.TRANSCRIBE_TRIGGER, "still-alive.mp3")) == 1
+
+
+def test_the_sweeper_runs_on_request_with_a_scheduled_event(runtime: LocalRuntime) -> None:
+    before = len(_probes(runtime, Handler.SWEEPER))
+    invocation = runtime.sweep()
+    runtime.deliver(Handler.SWEEPER, {"detail-type": "Scheduled Event"})  # a replayed schedule: it just runs
+    assert invocation.ok
+    probes = _probes(runtime, Handler.SWEEPER)
+    assert len(probes) == before + 2
+    event = probes[-1]["event"]
+    assert (event["source"], event["detail-type"], event["account"]) == (
+        "aws.events",
+        "Scheduled Event",
+        runtime.aws.account,
+    )
