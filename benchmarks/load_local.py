@@ -84,12 +84,11 @@ class PeakMemory:
         self.sample()
 
 
-def last_upload_holds(runtime: Any, key: str, has_image: bool, last_version: str) -> bool:
+def last_upload_holds(runtime: Any, s3: Any, key: str, has_image: bool, last_version: str) -> bool:
     """True when the key's result belongs to its last upload (metadata `source.upload_id`, or the ledger's item)."""
     from infra.pipeline import IMAGE_PREFIX, BucketRole
 
     if has_image:
-        s3 = runtime.aws.client("s3")
         body = s3.get_object(Bucket=runtime.bucket_names[BucketRole.OUTPUT], Key=f"{IMAGE_PREFIX}{key}.json")["Body"]
         return json.loads(body.read()).get("source", {}).get("upload_id") == last_version
     # Error records name the key, not the upload: the ledger says which upload the committed record is for.
@@ -128,7 +127,7 @@ def account(runtime: Any, keys: list[str], last_versions: dict[str, str]) -> dic
             codes[f"{record.get('stage')}/{record.get('error')}"] += 1
         else:
             missing.append(key)
-        if (has_image or has_error) and not last_upload_holds(runtime, key, has_image, last_versions[key]):
+        if (has_image or has_error) and not last_upload_holds(runtime, s3, key, has_image, last_versions[key]):
             not_last.append(key)
     duplicated = {job: count for job, count in runtime.generations.items() if count > 1}
     accounted = len(images) + len(errors)

@@ -198,6 +198,7 @@ class EmbeddedAws:
 
             self._reset_backends()
             self._patch_s3()
+            self._patch_sqs()
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             self._server.start()
             host, port = self._server.get_host_and_port()
@@ -338,6 +339,44 @@ class EmbeddedAws:
 
         backend.put_object = put_object
         self._unpatch.append(lambda: backend.__dict__.pop("put_object", None))
+
+    def _patch_sqs(self) -> None:
+        """Make moto's queue operations atomic per queue (undone by `stop`).
+
+        moto 5.2 rebuilds a queue's message list in DeleteMessage without its lock: two deletes at once
+        brought a deleted message back (to be delivered again 16 minutes later), and a delete beside a
+        SendMessage could drop the new message. SQS never does either; with several pollers per queue
+        (max_concurrency) local mode would, so receive, delete and visibility changes hold the queue's lock
+        (a long poll releases it while it waits).
+        """
+        from moto.sqs.models import Queue, SQSBackend
+
+        originals = {
+            (Queue, "delete_message"): Queue.delete_message,
+            (SQSBackend, "receive_message"): SQSBackend.receive_message,
+            (SQSBackend, "change_message_visibility"): SQSBackend.change_message_visibility,
+        }
+
+        def delete_message(queue: Any, receipt_handle: str) -> None:
+            """DeleteMessage, atomic with the queue's other changes."""
+            with queue._messages_lock:
+                originals[(Queue, "delete_message")](queue, receipt_handle)
+
+        def backend_call(name: str) -> Any:
+            original = originals[(SQSBackend, name)]
+
+            def call(backend: Any, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+                """The backend operation under the queue's lock."""
+                with backend.get_queue(queue_name)._messages_lock:
+                    return original(backend, queue_name, *args, **kwargs)
+
+            return call
+
+        Queue.delete_message = delete_message  # type: ignore[method-assign]
+        SQSBackend.receive_message = backend_call("receive_message")  # type: ignore[method-assign]
+        SQSBackend.change_message_visibility = backend_call("change_message_visibility")  # type: ignore[method-assign]
+        for (owner, name), original in originals.items():
+            self._unpatch.append(lambda owner=owner, name=name, original=original: setattr(owner, name, original))
 
     def handler_for_queue_arn(self, arn: str) -> Handler:
         """The handler whose route delivers to the queue with this ARN."""

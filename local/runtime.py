@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from infra.pipeline import BucketRole, Handler, handler_environment
+from infra.pipeline import LEDGER_PARTITION_KEY, BucketRole, Handler, handler_environment
 from local.aws import FAKE_CREDENTIALS, EmbeddedAws, LocalModeError, with_local_environment
 from local.dispatcher import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY_S, Dispatcher
 from local.endpoint import SageMakerRuntimeServer
@@ -106,6 +106,7 @@ class LocalRuntime:
         self._listeners: list[ProgressListener] = []
         self._s3: Any = None
         self._sqs: Any = None
+        self._dynamodb: Any = None
         self._reader: ResultReader | None = None
         self._torch_threads: int | None = None
         self._sweeper: Timer | None = None
@@ -187,6 +188,7 @@ class LocalRuntime:
         self.functions.clear()
         self.endpoint.stop()
         self.aws.stop()
+        self._dynamodb = None
         if self._torch_threads is not None:
             import torch
 
@@ -324,12 +326,10 @@ class LocalRuntime:
 
     def ledger_item(self, key: str) -> dict[str, Any] | None:
         """The upload ledger's item for an input key, as DynamoDB returns it (None when there is none)."""
-        item = (
-            self.aws.client("dynamodb")
-            .get_item(TableName=self.aws.ledger_table, Key={"upload_key": {"S": key}}, ConsistentRead=True)
-            .get("Item")
-        )
-        return item
+        if self._dynamodb is None:
+            self._dynamodb = self.aws.client("dynamodb")
+        key_item = {LEDGER_PARTITION_KEY: {"S": key}}
+        return self._dynamodb.get_item(TableName=self.aws.ledger_table, Key=key_item, ConsistentRead=True).get("Item")
 
     def read_notification_configuration(self, role: BucketRole) -> dict[str, Any]:
         """The bucket's notification configuration as the running S3 reports it."""
