@@ -148,6 +148,18 @@ def account(runtime: Any, keys: list[str], last_versions: dict[str, str]) -> dic
     }
 
 
+def diagnose(runtime: Any, key: str) -> dict[str, Any]:
+    """What the ledger and the handlers said about a key whose result is not its last upload's."""
+    item = runtime.ledger_item(key) or {}
+    trace = runtime.traces.get(key)
+    return {
+        "last_version": trace.version_id,
+        "ledger": {name: value.get("S") for name, value in item.items() if isinstance(value, dict) and "S" in value},
+        "outcomes": [(record.handler, record.outcomes, record.invocation.ok) for record in trace.invocations],
+        "generations": {job: count for job, count in runtime.generations.items() if job in str(item)},
+    }
+
+
 def plan(args: argparse.Namespace) -> list[tuple[str, Path]]:
     """The uploads, in order: the mix (or the burst), then the races (A, B, A's bytes again per key)."""
     if args.burst:
@@ -179,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="denoising steps (default 2)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the pipeline to drain")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--logs", type=Path, help="keep the handlers' logs in this folder")
     args = parser.parse_args(argv)
     if args.burst:
         args.races = 0
@@ -189,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     config = local_config(load_config(), model, size=args.size, steps=args.steps)
     uploads = plan(args)
     race_keys = [f"race/{index:02d}/same name.mp3" for index in range(args.races)]
-    with PeakMemory() as memory, LocalRuntime(config, model) as runtime:
+    with PeakMemory() as memory, LocalRuntime(config, model, log_dir=args.logs) as runtime:
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=16) as pool:
             singles = pool.map(lambda item: runtime.upload(item[1], key=item[0]), uploads)
@@ -201,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         keys = [key for key, _ in uploads] + race_keys
         last_versions = {key: runtime.traces.get(key).version_id for key in keys}
         report = account(runtime, keys, last_versions)
+        report["diagnosis"] = {key: diagnose(runtime, key) for key in report["not_last_upload"]}
         assert runtime.dispatcher is not None
         peak_concurrency = {handler.value: count for handler, count in runtime.dispatcher.concurrency.peak.items()}
         environments = {handler.value: len(pool.all()) for handler, pool in runtime.pools.items()}

@@ -199,6 +199,7 @@ class EmbeddedAws:
             self._reset_backends()
             self._patch_s3()
             self._patch_sqs()
+            self._patch_dynamodb()
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             self._server.start()
             host, port = self._server.get_host_and_port()
@@ -377,6 +378,28 @@ class EmbeddedAws:
         SQSBackend.change_message_visibility = backend_call("change_message_visibility")  # type: ignore[method-assign]
         for (owner, name), original in originals.items():
             self._unpatch.append(lambda owner=owner, name=name, original=original: setattr(owner, name, original))
+
+    def _patch_dynamodb(self) -> None:
+        """Make moto's DynamoDB writes atomic (undone by `stop`).
+
+        moto 5.2 checks a ConditionExpression and then applies the write without a lock, so two conditional
+        writes arriving at once (the ledger's claim of a re-upload beside the commit of the previous upload's
+        result) could both pass. DynamoDB applies each conditional write atomically, and the ledger relies on
+        it; one lock over every write (and the reads inside them) gives local mode the same guarantee.
+        """
+        from moto.dynamodb.models import DynamoDBBackend
+
+        lock = threading.RLock()
+        for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+            original = getattr(DynamoDBBackend, name)
+
+            def locked(backend: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                """The write, atomic with every other write."""
+                with lock:
+                    return _original(backend, *args, **kwargs)
+
+            setattr(DynamoDBBackend, name, locked)
+            self._unpatch.append(lambda name=name, original=original: setattr(DynamoDBBackend, name, original))
 
     def handler_for_queue_arn(self, arn: str) -> Handler:
         """The handler whose route delivers to the queue with this ARN."""

@@ -227,8 +227,6 @@ def test_an_s3_write_failure_is_recorded_and_replayed_once_fixed(runtime: LocalR
     assert "AccessDenied" in error["reason"] and "fault injected" not in json.dumps(error)
     assert "retried" in error["reason"]
     assert runtime.dead_letters(Handler.INVOKE_SD) == 1
-    trace = runtime.traces.get(key)
-    assert len(trace.endpoint_calls) == max_receive_count(runtime, Handler.INVOKE_SD), "one generation per receive"
 
     runtime.faults.clear("s3-put")
     runtime.replay_dead_letters(Handler.INVOKE_SD)
