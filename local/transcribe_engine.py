@@ -159,7 +159,7 @@ class TranscribeEngine:
         self._listeners.append(listener)
 
     def load(self) -> None:
-        """Load the speech recogniser (pocketsphinx; about a second)."""
+        """Load the speech recogniser (faster-whisper in its own process; about a second)."""
         started = time.perf_counter()
         self._transcriber = self._transcriber_factory()
         self.load_s = time.perf_counter() - started
@@ -274,21 +274,11 @@ class TranscribeEngine:
         media_format = (job.media_format or PurePosixPath(record.source_key).suffix.lstrip(".")).lower()
         if not job.media_format:
             job.media_format = media_format
-        if job.identify_language or job.identify_multiple_languages:
-            # The local recogniser knows English only; report what Transcribe would have identified.
-            options = job.language_options or ["en-US"]
-            job.language_code = next((code for code in options if code.startswith("en")), options[0])
-            job.identified_language_score = 1.0
-        elif job.language_code and not job.language_code.startswith("en"):
-            self.progress(
-                Progress(
-                    record.source_key,
-                    "transcribe",
-                    f"the local recogniser knows English only; {job.language_code} requested",
-                )
-            )
+        identify = bool(job.identify_language or job.identify_multiple_languages)
+        requested = None if identify else job.language_code or "en-US"
+        options = tuple(job.language_options or ())
         try:
-            transcription = self._recognise(record, data, media_format)
+            transcription = self._recognise(record, data, media_format, requested, options)
         except TranscriberCrashed as error:
             self._finish(
                 record,
@@ -306,6 +296,7 @@ class TranscribeEngine:
                 "Check that the file is a valid recording in a supported format and try your request again.",
             )
             return
+        self._set_language(record, job, transcription, requested)
         record.asr_done_at = time.time()
         record.decode_s = float(getattr(transcription, "decode_s", 0.0) or 0.0)
         record.asr_s = float(getattr(transcription, "asr_s", 0.0) or 0.0)
@@ -350,27 +341,48 @@ class TranscribeEngine:
         }
         self._finish(record, job, "COMPLETED", "")
 
-    def _recognise(self, record: JobRecord, data: bytes, media_format: str) -> Any:
+    def _set_language(self, record: JobRecord, job: Any, transcription: Any, requested: str | None) -> None:
+        """Report the language on the job as Transcribe does; say so when the model could not hear the one asked."""
+        heard = getattr(transcription, "language_code", requested) or "en-US"
+        if requested is None:
+            scores = dict(getattr(transcription, "language_identification", ()) or ())
+            job.language_code = heard
+            job.identified_language_score = float(scores.get(heard, 1.0))
+        elif heard != requested:
+            self.progress(
+                Progress(
+                    record.source_key,
+                    "transcribe",
+                    f"{requested} requested, but the local speech model knows only English: transcribed as {heard} "
+                    "(pass a multilingual model with --asr-model, e.g. small)",
+                )
+            )
+
+    def _recognise(
+        self, record: JobRecord, data: bytes, media_format: str, language: str | None, options: tuple[str, ...]
+    ) -> Any:
         """Run the recogniser; if its process dies, start a fresh one and try once more (a second crash raises)."""
         try:
-            return self._recognise_once(record, data, media_format)
+            return self._recognise_once(record, data, media_format, language, options)
         except TranscriberCrashed as error:
             log.error("job %s: the recogniser crashed: %s", record.name, error)
             self.progress(Progress(record.source_key, "transcribe", "the speech recogniser crashed; restarting it"))
             self._restart_transcriber()
         try:
-            return self._recognise_once(record, data, media_format)
+            return self._recognise_once(record, data, media_format, language, options)
         except TranscriberCrashed:
             self._restart_transcriber()  # for the jobs after this one
             raise
 
-    def _recognise_once(self, record: JobRecord, data: bytes, media_format: str) -> Any:
+    def _recognise_once(
+        self, record: JobRecord, data: bytes, media_format: str, language: str | None, options: tuple[str, ...]
+    ) -> Any:
         if self.aws.faults.take("transcriber", key=record.source_key) is not None:
             kill = getattr(self._transcriber, "kill", None)
             if kill is None:
                 raise TranscriberCrashed("a crash injected by local mode")
             kill()
-        return self._transcriber.transcribe_bytes(data, media_format)
+        return self._transcriber.transcribe_bytes(data, media_format, language, options)
 
     def _restart_transcriber(self) -> None:
         close = getattr(self._transcriber, "close", None)
