@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from botocore.exceptions import ClientError
 
 from local.aws import EmbeddedAws
 from local.tracking import Activity, Progress
+from local.transcribe_jobs import HookedJobs, engine_driven_job_class, parse_media_uri
 from local.transcriber import TranscriberCrashed
 
 log = logging.getLogger(__name__)
@@ -63,70 +63,8 @@ class JobRecord:
     mean_confidence: float | None = None
 
 
-def parse_media_uri(uri: str) -> tuple[str, str]:
-    """Bucket and key of a Transcribe MediaFileUri (`s3://bucket/key` or an S3 https URL)."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        # Transcribe takes the key verbatim after the bucket (spaces and unicode included).
-        bucket, _, key = uri[len("s3://") :].partition("/")
-        return bucket, key
-    if parsed.scheme == "https":
-        host, path = parsed.netloc, unquote(parsed.path.lstrip("/"))
-        if host.startswith("s3.") or host.startswith("s3-"):
-            bucket, _, key = path.partition("/")
-            return bucket, key
-        if ".s3." in host or ".s3-" in host:
-            return host.split(".s3", 1)[0], path
-    raise ValueError(f"unsupported MediaFileUri {uri!r}")
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _job_class() -> type:
-    """moto's job model with its state driven by this engine instead of moto's state manager."""
-    from moto.transcribe.models import FakeTranscriptionJob
-
-    class EngineDrivenJob(FakeTranscriptionJob):  # type: ignore[misc,valid-type]
-        """A moto transcription job whose status only the local engine changes."""
-
-        @property
-        def status(self) -> str | None:
-            """The state the engine last set (moto's state manager is not consulted)."""
-            return self._status
-
-        @status.setter
-        def status(self, value: str) -> None:
-            """Set by the engine as the job moves on."""
-            self._status = value
-
-        def advance(self) -> None:
-            """Nothing: progress comes from the engine."""
-            # moto fakes progress on every GetTranscriptionJob; here the engine does the work.
-            return
-
-        def response_object(self, response_type: str) -> dict[str, Any]:
-            """moto's API view of the job, plus FailureReason where Transcribe returns it."""
-            response = super().response_object(response_type)
-            # Amazon Transcribe returns FailureReason from GetTranscriptionJob; moto only lists it.
-            if response_type == "GET" and self.failure_reason:
-                response["TranscriptionJob"]["FailureReason"] = self.failure_reason
-            return response
-
-    return EngineDrivenJob
-
-
-class _HookedJobs(dict):  # type: ignore[type-arg]
-    """moto's job table; storing a new job hands it to the engine (inside StartTranscriptionJob)."""
-
-    def __init__(self, existing: dict[str, Any], on_new: Callable[[Any], None]) -> None:
-        super().__init__(existing)
-        self._on_new = on_new
-
-    def __setitem__(self, name: str, job: Any) -> None:
-        super().__setitem__(name, job)
-        self._on_new(job)
 
 
 class TranscribeEngine:
@@ -168,11 +106,11 @@ class TranscribeEngine:
         """Hook moto's Transcribe backend and start the worker thread."""
         from local.transcriber import AudioDecodeError  # noqa: F401 - fail at start-up if the module is missing
 
-        self._job_class = _job_class()
+        self._job_class = engine_driven_job_class()
         self._s3 = self.aws.client("s3")
         self._events = self.aws.client("events")
         backend = self.aws.backend("transcribe")
-        backend.transcriptions = _HookedJobs(backend.transcriptions, self._accept)
+        backend.transcriptions = HookedJobs(backend.transcriptions, self._accept)
         self._thread = threading.Thread(target=self._work, daemon=True, name="local-transcribe")
         self._thread.start()
 
