@@ -6,12 +6,14 @@
    seconds until the recognition child process of local mode answers "ready";
 2. real-time factor: recognition seconds (decode + ASR, best of `--repeats`) / audio seconds, per clip,
    on the bundled sample and every speech fixture; the "3 s clips" line is the median over clips of 2-4 s;
-3. word error rate of each transcript against the text the fixture was synthesised from.
+3. word error rate of each transcript against the text the fixture was synthesised from;
+4. the same on speech fixtures joined into longer clips (10 s, 16 s, 41 s), for the real-time factor by length.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -19,18 +21,28 @@ import statistics
 import subprocess
 import sys
 import time
+import wave
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from local.transcriber import AudioDecodeError, Transcriber  # noqa: E402
+from local.transcriber import AudioDecodeError, Transcriber, decode_audio  # noqa: E402
 from local.wer import word_error_rate  # noqa: E402
 
 AUDIO = REPO / "tests" / "fixtures" / "audio"
 SAMPLE = REPO / "examples" / "astronaut-riding-a-horse.mp3"
 SAMPLE_TEXT = "a photo of an astronaut riding a horse on mars"
+# Formats pocketsphinx's decoder read too, so that the engines before and after hear the same clips.
+SHORT = ["red-apple.mp3", "castle at sunset.mp3", "café painting.mp3", "cat-in-a-hat.wav", "dog-on-the-beach.ogg"]
+LONGER_CLIPS = {
+    "3 joined (wav)": SHORT[:3],
+    "6 joined (wav)": [*SHORT, "mountain-lake.flac"],
+    "7 joined (wav)": [*SHORT, "mountain-lake.flac", "long-description.mp3"],
+}
 LOAD_IN_FRESH_PROCESS = (
     "import time; started = time.perf_counter(); from local.transcriber import Transcriber; Transcriber(); "
     "print(time.perf_counter() - started)"
@@ -64,11 +76,30 @@ def clips() -> list[tuple[str, Path, str]]:
     return found
 
 
+def joined(names: list[str]) -> tuple[bytes, str]:
+    """Speech fixtures one after another as one 16 kHz WAV, and what they say (longer clips, varied speech)."""
+    manifest = json.loads((AUDIO / "manifest.json").read_text(encoding="utf-8"))
+    parts = []
+    for name in names:
+        samples, _ = decode_audio((AUDIO / name).read_bytes(), name.rsplit(".", 1)[1])
+        parts.append(samples if samples.dtype == np.int16 else (samples * 32767).astype(np.int16))
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16_000)
+        wav.writeframes(np.concatenate(parts).tobytes())
+    return buffer.getvalue(), " ".join(manifest["speech"][name]["text"] for name in names)
+
+
 def measure(transcriber: Transcriber, repeats: int) -> list[dict[str, object]]:
     """Transcribe every clip `repeats` times; keep the fastest run's timings and the transcript."""
     rows: list[dict[str, object]] = []
-    for name, path, text in clips():
-        data, fmt = path.read_bytes(), path.suffix.lstrip(".")
+    inputs = [(name, path.read_bytes(), path.suffix.lstrip("."), text) for name, path, text in clips()]
+    for label, names in LONGER_CLIPS.items():
+        data, text = joined(names)
+        inputs.append((label, data, "wav", text))
+    for name, data, fmt, text in inputs:
         best = None
         try:
             for _ in range(repeats):

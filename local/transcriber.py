@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import threading
@@ -32,6 +33,8 @@ __all__ = [
     "decode_audio",
     "to_transcribe_json",
 ]
+
+log = logging.getLogger(__name__)
 
 TRANSCRIBE_JOB_STATUSES = frozenset({"QUEUED", "IN_PROGRESS", "FAILED", "COMPLETED"})
 
@@ -116,7 +119,15 @@ class Transcriber:
         self.device, compute_type = default_device() if device is None else (device, "default")
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self.model_path = path
-        self._model = WhisperModel(str(path), device=self.device, compute_type=compute_type, cpu_threads=threads)
+        try:
+            self._model = WhisperModel(str(path), device=self.device, compute_type=compute_type, cpu_threads=threads)
+        except (RuntimeError, ValueError) as error:
+            if device is not None or self.device == "cpu":
+                raise
+            # A GPU that CTranslate2 counts but cannot use (no cuBLAS/cuDNN libraries): the CPU still works.
+            log.warning("the speech model cannot run on the GPU (%s); using the CPU", error)
+            self.device = "cpu"
+            self._model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=threads)
         self.multilingual = bool(self._model.model.is_multilingual)
         # One recording at a time: beam search already uses every core, and results stay reproducible.
         self._lock = threading.Lock()

@@ -53,3 +53,15 @@ def test_a_hub_model_offline_is_a_clear_error_that_names_the_default(monkeypatch
 def test_an_unknown_model_name_lists_the_known_ones():
     with pytest.raises(ModelError, match=r"unknown speech model 'tiny-english'.*large-v3"):
         resolve_model("tiny-english")
+
+
+@pytest.mark.slow
+def test_a_gpu_that_cannot_run_the_model_falls_back_to_the_cpu(monkeypatch):
+    import local.transcriber
+
+    # This machine has no usable GPU: CTranslate2 refuses "cuda", as it does where cuDNN is missing.
+    monkeypatch.setattr(local.transcriber, "default_device", lambda: ("cuda", "float16"))
+    transcriber = local.transcriber.Transcriber()
+    assert transcriber.device == "cpu"
+    with pytest.raises((RuntimeError, ValueError)):
+        local.transcriber.Transcriber(device="cuda")
