@@ -12,6 +12,7 @@ from local.asr_model import (
     resolve_model,
     verify_bundled_model,
 )
+from tests.local.runtime_support import offline_with_an_empty_cache
 
 
 def test_the_default_model_is_the_bundled_tiny_en_and_needs_no_download(monkeypatch):
@@ -44,8 +45,7 @@ def test_a_model_folder_is_used_as_it_is(tmp_path):
 
 
 def test_a_hub_model_offline_is_a_clear_error_that_names_the_default(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache: nothing downloaded before
+    offline_with_an_empty_cache(monkeypatch, tmp_path)
     with pytest.raises(ModelError, match=r"cannot download the speech model 'base.en'.*HF_HUB_OFFLINE.*'tiny.en'"):
         resolve_model("base.en")
 
@@ -65,3 +65,25 @@ def test_a_gpu_that_cannot_run_the_model_falls_back_to_the_cpu(monkeypatch):
     assert transcriber.device == "cpu"
     with pytest.raises((RuntimeError, ValueError)):
         local.transcriber.Transcriber(device="cuda")
+
+
+def test_a_model_name_is_fetched_from_its_hub_repository_with_the_files_faster_whisper_reads(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert resolve_model("base.en") == tmp_path
+    assert resolve_model("large-v3-turbo") == tmp_path
+    assert resolve_model("someone/whisper-ct2") == tmp_path
+    assert [repo for repo, _ in calls] == [
+        "Systran/faster-whisper-base.en",
+        "mobiuslabsgmbh/faster-whisper-large-v3-turbo",
+        "someone/whisper-ct2",
+    ]
+    assert "model.bin" in calls[0][1]["allow_patterns"]
+    assert "tqdm_class" not in calls[0][1], "huggingface_hub's own progress bars are shown"

@@ -12,7 +12,7 @@ import pytest
 
 from local import gallery
 from local.cli import EXIT_USAGE, format_timings, main
-from tests.local.runtime_support import AUDIO
+from tests.local.runtime_support import AUDIO, offline_with_an_empty_cache
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -116,8 +116,7 @@ def test_timings_read_as_a_breakdown() -> None:
 def test_an_asr_model_that_cannot_be_downloaded_is_a_usage_error_naming_the_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    offline_with_an_empty_cache(monkeypatch, tmp_path / "empty-cache")
     out = tmp_path / "out"
     code, _, stderr = run("run", str(AUDIO / "red-apple.mp3"), "--asr-model", "small", "--out", str(out))
     assert code == EXIT_USAGE
