@@ -40,10 +40,18 @@ TRANSCRIBE_JOB_STATUSES = frozenset({"QUEUED", "IN_PROGRESS", "FAILED", "COMPLET
 
 # Beam search as Whisper's paper and faster-whisper's defaults; no conditioning on earlier windows, so that one
 # misheard window of a long recording cannot start a loop of repeated text (Whisper's known failure mode).
-_DECODE_OPTIONS: dict[str, Any] = {"beam_size": 5, "condition_on_previous_text": False}
+# A window Whisper rates as probably silent (no_speech_prob > 0.6) and decodes with little belief (mean token
+# log-probability < -1) is dropped: Whisper's own no-speech rule, spelled out here because silence, noise and
+# music must give an empty transcript. Silero's voice detector (vad_filter) removes most of them before that.
+_DECODE_OPTIONS: dict[str, Any] = {
+    "beam_size": 5,
+    "condition_on_previous_text": False,
+    "no_speech_threshold": 0.6,
+    "log_prob_threshold": -1.0,
+}
 
-# A recording whose recognised words average a probability this low is a guess, not speech: a rising tone
-# comes out as a word or two at ~0.1-0.3, the speech fixtures average 0.8 and more.
+# A safety net behind both: words whose probabilities average this little are a guess, and no prompt is better
+# than a wrong one. The speech fixtures average 0.78-0.95, so 0.4 leaves a margin of 2x.
 _MIN_MEAN_CONFIDENCE = 0.4
 
 # Whisper speaks ISO 639-1; Transcribe wants a dialect. Used when the job names no candidate of that language.
