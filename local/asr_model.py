@@ -47,7 +47,7 @@ def verify_bundled_model(path: Path, expected: str = BUNDLED_MODEL_SHA256) -> No
         )
 
 
-def resolve_model(name: str | None = None) -> Path:
+def resolve_model(name: str | None = None, *, progress: bool = True) -> Path:
     """Local folder of a faster-whisper model: a folder path, the bundled default, or a Hub name (downloaded)."""
     if name is None or name == DEFAULT_MODEL:
         return bundled_model_path()
@@ -56,10 +56,10 @@ def resolve_model(name: str | None = None) -> Path:
         if not (folder / "model.bin").is_file():
             raise ModelError(f"{folder} holds no model.bin: pass a faster-whisper (CTranslate2) model folder")
         return folder.resolve()
-    return _download(name)
+    return _download(name, progress=progress)
 
 
-def _download(name: str) -> Path:
+def _download(name: str, *, progress: bool) -> Path:
     """Fetch a faster-whisper model from the Hugging Face Hub (or its cache) with a progress bar."""
     from faster_whisper.utils import _MODELS, available_models
     from huggingface_hub import snapshot_download
@@ -72,6 +72,10 @@ def _download(name: str) -> Path:
         )
     # The files faster-whisper reads; a repository may also hold other formats we would not use.
     patterns = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
+    if not progress:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     try:
         # Unlike faster-whisper's own download_model, which hides them, this shows tqdm's bars on stderr.
         path = snapshot_download(repo, allow_patterns=patterns)

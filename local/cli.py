@@ -155,7 +155,7 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
             config = local_config(_with_image_overrides(config, args), model, size=args.size, steps=args.steps)
         except ConfigError as error:
             raise UsageError(f"--size/--steps: {error}") from None
-        transcriber_factory = _transcriber_factory(args.asr_model, out / "logs" / "transcribe.log")
+        transcriber_factory = _transcriber_factory(args.asr_model, out / "logs" / "transcribe.log", quiet=args.quiet)
         out.mkdir(parents=True, exist_ok=True)
         runtime = LocalRuntime(config, model, log_dir=out / "logs", transcriber_factory=transcriber_factory)
     else:
@@ -233,7 +233,7 @@ class ProgressPrinter:
         self.line(f"{progress.key}: {progress.message}" if progress.key else progress.message)
 
 
-def _transcriber_factory(asr_model: str | None, log_path: Path) -> Any:
+def _transcriber_factory(asr_model: str | None, log_path: Path, *, quiet: bool = False) -> Any:
     """What starts local mode's recogniser; a model named here is downloaded now, with a progress bar."""
     from local.asr import RemoteTranscriber
     from local.asr_model import ModelError, resolve_model
@@ -241,7 +241,7 @@ def _transcriber_factory(asr_model: str | None, log_path: Path) -> Any:
     if asr_model is None:
         return None  # the runtime's default: the bundled tiny.en
     try:
-        path = resolve_model(asr_model)
+        path = resolve_model(asr_model, progress=not quiet)
     except ModelError as error:
         raise UsageError(f"--asr-model: {error}") from None
     return lambda: RemoteTranscriber(path, log_path=log_path)
