@@ -7,7 +7,8 @@
 2. real-time factor: recognition seconds (decode + ASR, best of `--repeats`) / audio seconds, per clip,
    on the bundled sample and every speech fixture; the "3 s clips" line is the median over clips of 2-4 s;
 3. word error rate of each transcript against the text the fixture was synthesised from;
-4. the same on speech fixtures joined into longer clips (10 s, 16 s, 41 s), for the real-time factor by length.
+4. the same on speech fixtures joined into longer clips (10 s, 16 s, 41 s), for the real-time factor by length;
+5. how long a 1 ms ticker thread stalls while a clip is recognised in-process: whether the engine holds the GIL.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import wave
 from pathlib import Path
@@ -66,6 +68,27 @@ def child_ready_s() -> float:
     ready = time.perf_counter() - started
     remote.close()
     return ready
+
+
+def longest_pause_ms(transcriber: Transcriber) -> float:
+    """Longest stall of a 1 ms ticker thread while a 3 s clip is recognised in this process (GIL held?)."""
+    done = threading.Event()
+    pauses: list[float] = []
+
+    def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            pauses.append(now - last)
+            last = now
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    transcriber.transcribe_bytes((AUDIO / "red-apple.mp3").read_bytes(), "mp3")
+    done.set()
+    ticker.join()
+    return max(pauses) * 1000
 
 
 def clips() -> list[tuple[str, Path, str]]:
@@ -136,12 +159,14 @@ def main() -> None:
     ready = child_ready_s()
     transcriber = Transcriber()
     rows = measure(transcriber, args.repeats)
+    pause = longest_pause_ms(transcriber)
     timed = [row for row in rows if "rtf" in row]
     three_s = [row["rtf"] for row in timed if 2.0 <= float(row["audio_s"]) <= 4.0]
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "load_s_fresh_process": [round(value, 2) for value in loads],
         "engine_ready_s": round(ready, 2),
+        "longest_pause_ms": round(pause, 1),
         "rtf_3s_clips_median": round(statistics.median(three_s), 3) if three_s else None,
         "wer_mean": round(statistics.mean(float(row["wer"]) for row in timed), 3) if timed else None,
         "clips": rows,
@@ -152,6 +177,7 @@ def main() -> None:
     print(f"speech recognition benchmark ({summary['machine']})")
     print(f"  load in a fresh process: {', '.join(f'{value:.2f} s' for value in loads)}")
     print(f"  local mode's recognition process ready in {ready:.2f} s")
+    print(f"  longest stall of another thread while a 3 s clip is recognised in-process: {pause:.0f} ms")
     print(f"  {'clip':<28} {'audio':>6} {'decode':>7} {'asr':>7} {'RTF':>6} {'WER':>6}  transcript")
     for row in rows:
         if "error" in row:
