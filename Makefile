@@ -57,6 +57,7 @@ bench: setup ## Benchmarks (print numbers; not tests)
 	$(BIN)/python benchmarks/bench_handler_import.py
 	$(BIN)/python benchmarks/bench_inference.py --device cpu
 	$(BIN)/python benchmarks/bench_local.py
+	$(BIN)/python benchmarks/bench_asr.py
 
 load: setup ## Load test: 100 uploads, good and bad mixed, into local mode at once (prints a report)
 	$(BIN)/python benchmarks/load_local.py

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -82,10 +81,7 @@ def median_timings(runs: list[dict[str, float]]) -> dict[str, float]:
 def speech_fixtures() -> list[Path]:
     """The committed speech recordings (those the manifest says hold a prompt)."""
     manifest = json.loads((AUDIO / "manifest.json").read_text(encoding="utf-8"))
-    names = [
-        name for name in manifest["speech"] if not name.endswith((".m4a", ".mp4", ".webm")) or shutil.which("ffmpeg")
-    ]
-    return [AUDIO / name for name in names]
+    return [AUDIO / name for name in manifest["speech"]]
 
 
 def main() -> int:

@@ -1,9 +1,11 @@
 """Speech recognition in its own process, with the `Transcriber` interface.
 
-pocketsphinx holds the GIL for the whole decode (measured: 0.44 s without a thread switch on a 3 s
-clip), which would freeze moto's server, the dispatcher and the endpoint for that long. In a child
-process the recogniser runs beside them, as Amazon Transcribe runs beside Lambda. The child loads
-`local.transcriber.Transcriber` once and answers one request at a time.
+pocketsphinx, the engine before Whisper, held the GIL for a whole decode (0.44 s on a 3 s clip), which froze
+moto's server, the dispatcher and the endpoint. faster-whisper does not (measured: the longest pause of a 1 ms
+ticker thread during a 3 s clip is 6 ms), but the child process stays for what else it isolates: CTranslate2's
+and onnxruntime's native code and thread pools live apart from PyTorch's, a crash in them costs one job
+(restarted, retried) instead of the runtime, and the model loads beside Stable Diffusion, not after it.
+The child loads `local.transcriber.Transcriber` once and answers one request at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,12 +29,16 @@ LOAD_TIMEOUT_S = 120
 class RemoteTranscriber:
     """`Transcriber().transcribe_bytes` answered by a child process that loaded the recogniser once."""
 
-    def __init__(self, log_path: Path | None = None) -> None:
+    def __init__(self, model: str | Path | None = None, log_path: Path | None = None) -> None:
+        """Start the child process and wait until it has loaded `model` (None: the bundled tiny.en)."""
         started = time.perf_counter()
         self._lock = threading.Lock()
         self._log: BinaryIO | None = log_path.open("ab") if log_path is not None else None
+        command = [sys.executable, "-m", "local.asr_host"]
+        if model is not None:
+            command += ["--model", str(model)]
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "local.asr_host"],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log if self._log is not None else subprocess.DEVNULL,
@@ -41,13 +48,27 @@ class RemoteTranscriber:
         if not ready.get("ready"):
             self.close()
             raise RuntimeError(f"the speech recogniser did not load: {ready.get('message', 'process exited')}")
+        self.model_path = Path(ready["model_path"])
+        self.device = str(ready["device"])
+        self.multilingual = bool(ready["multilingual"])
         self.load_s = time.perf_counter() - started
 
-    def transcribe_bytes(self, data: bytes, media_format: str) -> Any:
+    def transcribe_bytes(
+        self,
+        data: bytes,
+        media_format: str,
+        language_code: str | None = "en-US",
+        language_options: Sequence[str] = (),
+    ) -> Any:
         """Recognise the speech in an upload; raises `AudioDecodeError` as the in-process version does."""
         from local.transcriber import AudioDecodeError, TranscriberCrashed, Transcription, Word
 
-        header = json.dumps({"media_format": media_format}).encode("utf-8")
+        request = {
+            "media_format": media_format,
+            "language_code": language_code,
+            "language_options": [*language_options],
+        }
+        header = json.dumps(request).encode("utf-8")
         with self._lock:
             stdin = self._process.stdin
             if stdin is None or self._process.poll() is not None:
@@ -63,6 +84,7 @@ class RemoteTranscriber:
         if reply.get("ok"):
             fields = dict(reply["transcription"])
             fields["words"] = tuple(Word(**word) for word in fields.get("words", ()))
+            fields["language_identification"] = tuple(tuple(pair) for pair in fields["language_identification"])
             return Transcription(**fields)
         if reply.get("error_type") == "AudioDecodeError":
             raise AudioDecodeError(reply.get("message", ""))
@@ -99,7 +121,7 @@ class RemoteTranscriber:
         return json.loads(line)
 
 
-def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
+def serve(stdin: BinaryIO, stdout: BinaryIO, model: str | None = None) -> int:
     """The child's loop: a length-prefixed request in, one JSON line out (run by `local.asr_host`)."""
     from local.transcriber import AudioDecodeError, Transcriber
 
@@ -109,17 +131,26 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         stdout.flush()
 
     try:
-        transcriber = Transcriber()
+        transcriber = Transcriber(model)
     except Exception as error:
         reply({"ready": False, "message": f"{type(error).__name__}: {error}"})
         return 1
-    reply({"ready": True})
+    reply(
+        {
+            "ready": True,
+            "model_path": str(transcriber.model_path),
+            "device": transcriber.device,
+            "multilingual": transcriber.multilingual,
+        }
+    )
     while prefix := stdin.read(8):
         header_size, data_size = struct.unpack(">II", prefix)
         header = json.loads(stdin.read(header_size))
         data = stdin.read(data_size)
         try:
-            transcription = transcriber.transcribe_bytes(data, header["media_format"])
+            transcription = transcriber.transcribe_bytes(
+                data, header["media_format"], header.get("language_code"), header.get("language_options", ())
+            )
         except AudioDecodeError as error:
             reply({"ok": False, "error_type": "AudioDecodeError", "message": str(error)})
             continue

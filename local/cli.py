@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="a diffusers Stable Diffusion v1.x folder (default: a tiny random-weight test model)",
     )
+    run.add_argument(
+        "--asr-model",
+        metavar="NAME|PATH",
+        help="faster-whisper speech model: a name (base.en, small, large-v3-turbo, ...; downloaded once) or a "
+        "folder (default: Whisper tiny.en, installed with the project)",
+    )
     run.add_argument("--size", type=int, help="image width and height in pixels (multiple of 8, 64-1024)")
     run.add_argument("--steps", type=int, help="denoising steps (1-150)")
     run.add_argument(
@@ -149,11 +155,14 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
             config = local_config(_with_image_overrides(config, args), model, size=args.size, steps=args.steps)
         except ConfigError as error:
             raise UsageError(f"--size/--steps: {error}") from None
+        transcriber_factory = _transcriber_factory(args.asr_model, out / "logs" / "transcribe.log", quiet=args.quiet)
         out.mkdir(parents=True, exist_ok=True)
-        runtime = LocalRuntime(config, model, log_dir=out / "logs")
+        runtime = LocalRuntime(config, model, log_dir=out / "logs", transcriber_factory=transcriber_factory)
     else:
-        if args.model_dir is not None or args.size is not None or args.steps is not None:
-            raise UsageError("--model-dir, --size and --steps cannot change a runtime that is already running")
+        if any(value is not None for value in (args.model_dir, args.size, args.steps, args.asr_model)):
+            raise UsageError(
+                "--model-dir, --asr-model, --size and --steps cannot change a runtime that is already running"
+            )
         files = check_files(args.files)
         out.mkdir(parents=True, exist_ok=True)
     if not args.quiet:
@@ -222,6 +231,20 @@ class ProgressPrinter:
     def __call__(self, progress: Any) -> None:
         """A runtime progress event."""
         self.line(f"{progress.key}: {progress.message}" if progress.key else progress.message)
+
+
+def _transcriber_factory(asr_model: str | None, log_path: Path, *, quiet: bool = False) -> Any:
+    """What starts local mode's recogniser; a model named here is downloaded now, with a progress bar."""
+    from local.asr import RemoteTranscriber
+    from local.asr_model import ModelError, resolve_model
+
+    if asr_model is None:
+        return None  # the runtime's default: the bundled tiny.en
+    try:
+        path = resolve_model(asr_model, progress=not quiet)
+    except ModelError as error:
+        raise UsageError(f"--asr-model: {error}") from None
+    return lambda: RemoteTranscriber(path, log_path=log_path)
 
 
 def _with_image_overrides(config: Any, args: argparse.Namespace) -> Any:

@@ -135,7 +135,7 @@ class LocalRuntime:
                 self._emit(
                     Progress("", "startup", f"loading Stable Diffusion ({what}) through the Hugging Face toolkit")
                 )
-            self._emit(Progress("", "startup", "loading the speech recogniser (pocketsphinx en-us)"))
+            self._emit(Progress("", "startup", "loading the speech recogniser (faster-whisper)"))
             errors: list[BaseException] = []
             loaders += [
                 _thread(self._load_model, errors, "load-model"),

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from botocore.exceptions import ClientError
 
 from local.aws import EmbeddedAws
 from local.tracking import Activity, Progress
+from local.transcribe_jobs import HookedJobs, engine_driven_job_class, parse_media_uri
 from local.transcriber import TranscriberCrashed
 
 log = logging.getLogger(__name__)
@@ -63,70 +63,8 @@ class JobRecord:
     mean_confidence: float | None = None
 
 
-def parse_media_uri(uri: str) -> tuple[str, str]:
-    """Bucket and key of a Transcribe MediaFileUri (`s3://bucket/key` or an S3 https URL)."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        # Transcribe takes the key verbatim after the bucket (spaces and unicode included).
-        bucket, _, key = uri[len("s3://") :].partition("/")
-        return bucket, key
-    if parsed.scheme == "https":
-        host, path = parsed.netloc, unquote(parsed.path.lstrip("/"))
-        if host.startswith("s3.") or host.startswith("s3-"):
-            bucket, _, key = path.partition("/")
-            return bucket, key
-        if ".s3." in host or ".s3-" in host:
-            return host.split(".s3", 1)[0], path
-    raise ValueError(f"unsupported MediaFileUri {uri!r}")
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _job_class() -> type:
-    """moto's job model with its state driven by this engine instead of moto's state manager."""
-    from moto.transcribe.models import FakeTranscriptionJob
-
-    class EngineDrivenJob(FakeTranscriptionJob):  # type: ignore[misc,valid-type]
-        """A moto transcription job whose status only the local engine changes."""
-
-        @property
-        def status(self) -> str | None:
-            """The state the engine last set (moto's state manager is not consulted)."""
-            return self._status
-
-        @status.setter
-        def status(self, value: str) -> None:
-            """Set by the engine as the job moves on."""
-            self._status = value
-
-        def advance(self) -> None:
-            """Nothing: progress comes from the engine."""
-            # moto fakes progress on every GetTranscriptionJob; here the engine does the work.
-            return
-
-        def response_object(self, response_type: str) -> dict[str, Any]:
-            """moto's API view of the job, plus FailureReason where Transcribe returns it."""
-            response = super().response_object(response_type)
-            # Amazon Transcribe returns FailureReason from GetTranscriptionJob; moto only lists it.
-            if response_type == "GET" and self.failure_reason:
-                response["TranscriptionJob"]["FailureReason"] = self.failure_reason
-            return response
-
-    return EngineDrivenJob
-
-
-class _HookedJobs(dict):  # type: ignore[type-arg]
-    """moto's job table; storing a new job hands it to the engine (inside StartTranscriptionJob)."""
-
-    def __init__(self, existing: dict[str, Any], on_new: Callable[[Any], None]) -> None:
-        super().__init__(existing)
-        self._on_new = on_new
-
-    def __setitem__(self, name: str, job: Any) -> None:
-        super().__setitem__(name, job)
-        self._on_new(job)
 
 
 class TranscribeEngine:
@@ -159,7 +97,7 @@ class TranscribeEngine:
         self._listeners.append(listener)
 
     def load(self) -> None:
-        """Load the speech recogniser (pocketsphinx; about a second)."""
+        """Load the speech recogniser (faster-whisper in its own process; about a second)."""
         started = time.perf_counter()
         self._transcriber = self._transcriber_factory()
         self.load_s = time.perf_counter() - started
@@ -168,11 +106,11 @@ class TranscribeEngine:
         """Hook moto's Transcribe backend and start the worker thread."""
         from local.transcriber import AudioDecodeError  # noqa: F401 - fail at start-up if the module is missing
 
-        self._job_class = _job_class()
+        self._job_class = engine_driven_job_class()
         self._s3 = self.aws.client("s3")
         self._events = self.aws.client("events")
         backend = self.aws.backend("transcribe")
-        backend.transcriptions = _HookedJobs(backend.transcriptions, self._accept)
+        backend.transcriptions = HookedJobs(backend.transcriptions, self._accept)
         self._thread = threading.Thread(target=self._work, daemon=True, name="local-transcribe")
         self._thread.start()
 
@@ -274,21 +212,11 @@ class TranscribeEngine:
         media_format = (job.media_format or PurePosixPath(record.source_key).suffix.lstrip(".")).lower()
         if not job.media_format:
             job.media_format = media_format
-        if job.identify_language or job.identify_multiple_languages:
-            # The local recogniser knows English only; report what Transcribe would have identified.
-            options = job.language_options or ["en-US"]
-            job.language_code = next((code for code in options if code.startswith("en")), options[0])
-            job.identified_language_score = 1.0
-        elif job.language_code and not job.language_code.startswith("en"):
-            self.progress(
-                Progress(
-                    record.source_key,
-                    "transcribe",
-                    f"the local recogniser knows English only; {job.language_code} requested",
-                )
-            )
+        identify = bool(job.identify_language or job.identify_multiple_languages)
+        requested = None if identify else job.language_code or "en-US"
+        options = tuple(job.language_options or ())
         try:
-            transcription = self._recognise(record, data, media_format)
+            transcription = self._recognise(record, data, media_format, requested, options)
         except TranscriberCrashed as error:
             self._finish(
                 record,
@@ -306,6 +234,7 @@ class TranscribeEngine:
                 "Check that the file is a valid recording in a supported format and try your request again.",
             )
             return
+        self._set_language(record, job, transcription, requested)
         record.asr_done_at = time.time()
         record.decode_s = float(getattr(transcription, "decode_s", 0.0) or 0.0)
         record.asr_s = float(getattr(transcription, "asr_s", 0.0) or 0.0)
@@ -350,27 +279,48 @@ class TranscribeEngine:
         }
         self._finish(record, job, "COMPLETED", "")
 
-    def _recognise(self, record: JobRecord, data: bytes, media_format: str) -> Any:
+    def _set_language(self, record: JobRecord, job: Any, transcription: Any, requested: str | None) -> None:
+        """Report the language on the job as Transcribe does; say so when the model could not hear the one asked."""
+        heard = getattr(transcription, "language_code", requested) or "en-US"
+        if requested is None:
+            scores = dict(getattr(transcription, "language_identification", ()) or ())
+            job.language_code = heard
+            job.identified_language_score = float(scores.get(heard, 1.0))
+        elif heard != requested:
+            self.progress(
+                Progress(
+                    record.source_key,
+                    "transcribe",
+                    f"{requested} requested, but the local speech model knows only English: transcribed as {heard} "
+                    "(pass a multilingual model with --asr-model, e.g. small)",
+                )
+            )
+
+    def _recognise(
+        self, record: JobRecord, data: bytes, media_format: str, language: str | None, options: tuple[str, ...]
+    ) -> Any:
         """Run the recogniser; if its process dies, start a fresh one and try once more (a second crash raises)."""
         try:
-            return self._recognise_once(record, data, media_format)
+            return self._recognise_once(record, data, media_format, language, options)
         except TranscriberCrashed as error:
             log.error("job %s: the recogniser crashed: %s", record.name, error)
             self.progress(Progress(record.source_key, "transcribe", "the speech recogniser crashed; restarting it"))
             self._restart_transcriber()
         try:
-            return self._recognise_once(record, data, media_format)
+            return self._recognise_once(record, data, media_format, language, options)
         except TranscriberCrashed:
             self._restart_transcriber()  # for the jobs after this one
             raise
 
-    def _recognise_once(self, record: JobRecord, data: bytes, media_format: str) -> Any:
+    def _recognise_once(
+        self, record: JobRecord, data: bytes, media_format: str, language: str | None, options: tuple[str, ...]
+    ) -> Any:
         if self.aws.faults.take("transcriber", key=record.source_key) is not None:
             kill = getattr(self._transcriber, "kill", None)
             if kill is None:
                 raise TranscriberCrashed("a crash injected by local mode")
             kill()
-        return self._transcriber.transcribe_bytes(data, media_format)
+        return self._transcriber.transcribe_bytes(data, media_format, language, options)
 
     def _restart_transcriber(self) -> None:
         close = getattr(self._transcriber, "close", None)

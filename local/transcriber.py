@@ -1,67 +1,69 @@
-"""Offline speech recognition for local mode: pocketsphinx's bundled en-us model, audio decoded by miniaudio."""
+"""Offline speech recognition for local mode: faster-whisper (Whisper tiny.en by default), audio decoded by PyAV."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 import re
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-# numpy, miniaudio and pocketsphinx are imported inside the functions that use them, so that importing
-# this module costs ~25 ms instead of ~110 ms (numpy alone is ~55 ms): callers import it eagerly.
+from local.asr_model import DEFAULT_MODEL, ModelError, bundled_model_path, resolve_model, verify_bundled_model
+from local.audio import MEDIA_FORMATS, MIN_DURATION_S, SAMPLE_RATE, AudioDecodeError, decode_audio
+
 if TYPE_CHECKING:
     import numpy as np
 
-SAMPLE_RATE = 16_000
-"""Samples per second that decode_audio returns and the en-us acoustic model expects."""
+__all__ = [
+    "DEFAULT_MODEL",
+    "MEDIA_FORMATS",
+    "MIN_DURATION_S",
+    "SAMPLE_RATE",
+    "AudioDecodeError",
+    "ModelError",
+    "Transcriber",
+    "TranscriberCrashed",
+    "Transcription",
+    "Word",
+    "decode_audio",
+    "to_transcribe_json",
+]
 
-MIN_DURATION_S = 0.1
-"""Shorter audio is treated as a broken file: a single MP3 frame (~0.07 s) is all a truncated upload gives."""
-
-MINIAUDIO_FORMATS = frozenset({"mp3", "wav", "flac", "ogg"})
-FFMPEG_FORMATS = frozenset({"m4a", "mp4", "webm", "amr"})
-MEDIA_FORMATS = MINIAUDIO_FORMATS | FFMPEG_FORMATS
-"""Amazon Transcribe's MediaFormat values."""
+log = logging.getLogger(__name__)
 
 TRANSCRIBE_JOB_STATUSES = frozenset({"QUEUED", "IN_PROGRESS", "FAILED", "COMPLETED"})
 
-_FFMPEG_TIMEOUT_S = 120
+# Beam search as Whisper's paper and faster-whisper's defaults; no conditioning on earlier windows, so that one
+# misheard window of a long recording cannot start a loop of repeated text (Whisper's known failure mode).
+# A window Whisper rates as probably silent (no_speech_prob > 0.6) and decodes with little belief (mean token
+# log-probability < -1) is dropped: Whisper's own no-speech rule, spelled out here because silence, noise and
+# music must give an empty transcript. Silero's voice detector (vad_filter) removes most of them before that.
+_DECODE_OPTIONS: dict[str, Any] = {
+    "beam_size": 5,
+    "condition_on_previous_text": False,
+    "no_speech_threshold": 0.6,
+    "log_prob_threshold": -1.0,
+}
 
-# Voice-activity check, run before recognition, because the decoder does hallucinate on noise: in
-# noise-bursts.mp3 (white noise pulsing 4 times a second) it hears "thank" with confidence 1.0,
-# which no confidence floor can catch. pocketsphinx's own Vad (WebRTC's) is no help there:
-# measured on these fixtures it marks 100% of white or pink noise at -28 dBFS or louder as speech, in
-# every aggressiveness mode. Voiced speech is periodic at the speaker's pitch, noise is not, so a
-# frame counts as voiced when it is loud enough and its normalised autocorrelation peaks above
-# _MIN_PERIODICITY at a pitch lag of 60-400 Hz. Tuned on tests/fixtures/audio: the loud frames of
-# the speech fixtures have a median periodicity of 0.87-0.97, white noise (noise.mp3) at most 0.26,
-# pink noise at most 0.64 in one frame in 66; the speech fixtures hold 0.75-2.2 s of voiced frames,
-# the silence and noise fixtures none. Known limit: steady periodic sounds (a hum, beeps, a tone
-# sweep) pass this check; the decoder mostly turns them into [SPEECH]/[NOISE] fillers, which are
-# dropped, but a sweep can still come out as one short word.
-_VAD_FRAME = 480  # 30 ms at 16 kHz
-_MIN_VOICED_POWER = 10 ** (-55 / 10)  # frame RMS above -55 dBFS; digital silence and hiss stay below
-_MIN_PITCH_LAG = SAMPLE_RATE // 400
-_MAX_PITCH_LAG = SAMPLE_RATE // 60
-_MIN_PERIODICITY = 0.5
-_MIN_VOICED_S = 0.12  # a short word ("cat") has about this much voicing
+# A safety net behind both: words whose probabilities average this little are a guess, and no prompt is better
+# than a wrong one. The speech fixtures average 0.78-0.95, so 0.4 leaves a margin of 2x.
+_MIN_MEAN_CONFIDENCE = 0.4
 
-# Confidence floor on the whole utterance: when even the words the decoder kept have a mean
-# posterior this low, it is guessing (a 100-1000 Hz tone sweep came out as "mm" at 0.03). The speech
-# fixtures average 0.34-0.85 (the bundled sample is the 0.34), so 0.15 leaves a margin of 2x.
-_MIN_MEAN_CONFIDENCE = 0.15
+# Whisper speaks ISO 639-1; Transcribe wants a dialect. Used when the job names no candidate of that language.
+_DIALECTS = {
+    "en": "en-US", "de": "de-DE", "fr": "fr-FR", "es": "es-US", "it": "it-IT", "pt": "pt-BR", "nl": "nl-NL",
+    "ja": "ja-JP", "ko": "ko-KR", "zh": "zh-CN", "ru": "ru-RU", "hi": "hi-IN", "ar": "ar-SA", "sv": "sv-SE",
+    "da": "da-DK", "pl": "pl-PL", "fi": "fi-FI", "tr": "tr-TR", "uk": "uk-UA", "cs": "cs-CZ", "el": "el-GR",
+}  # fmt: skip
 
-# pocketsphinx marks pronunciation variants as "word(2)"; Transcribe's content is the bare word.
-_VARIANT_SUFFIX = re.compile(r"\(\d+\)$")
-
-
-class AudioDecodeError(ValueError):
-    """The upload cannot be turned into audio samples; the message says why and what to do."""
+# Transcribe's punctuation items are these marks; Whisper attaches them (and quotes) to its words.
+_PUNCTUATION = ".,?!"
+_SPLIT_WORD = re.compile(r"\W*(.*?)(\W*)", re.DOTALL)
 
 
 class TranscriberCrashed(RuntimeError):
@@ -76,18 +78,22 @@ class Word:
     start: float
     end: float
     confidence: float
+    punctuation: str = ""  # the mark that follows the word in the transcript ("." after "Mars"), if any
 
 
 @dataclass(frozen=True)
 class Transcription:
     """What recognition produced for one recording, with timings."""
 
-    text: str  # the words joined by spaces, lower case; "" when no speech was detected
+    text: str  # the transcript as Transcribe writes it: cased and punctuated; "" when no speech was detected
     words: tuple[Word, ...]
     duration_s: float  # length of the audio
     decode_s: float  # time spent decoding the file to samples
-    asr_s: float  # time spent in the voice check and recognition
+    asr_s: float  # time spent in voice detection and recognition
     speech_detected: bool
+    language_code: str = "en-US"  # the language the words were recognised in (a Transcribe code)
+    # Identified languages with scores, best first, when the job asked for identification (languageCode=auto).
+    language_identification: tuple[tuple[str, float], ...] = ()
 
     @property
     def mean_confidence(self) -> float:
@@ -97,163 +103,135 @@ class Transcription:
         return sum(word.confidence for word in self.words) / len(self.words)
 
 
-def decode_audio(data: bytes, media_format: str) -> tuple[np.ndarray, float]:
-    """Decode an upload to 16 kHz mono int16 samples (read-only) and the seconds that took."""
-    import numpy as np
+def default_device() -> tuple[str, str]:
+    """("cuda", "float16") where CTranslate2 sees a GPU, else ("cpu", "int8")."""
+    import ctranslate2
 
-    started = time.perf_counter()
-    fmt = media_format.lower().lstrip(".")
-    if fmt not in MEDIA_FORMATS:
-        raise AudioDecodeError(
-            f"unsupported media format {media_format!r}: use one of {', '.join(sorted(MEDIA_FORMATS))}"
-        )
-    if not data:
-        raise AudioDecodeError("the audio file is empty (0 bytes): upload a recording of the spoken prompt")
-    pcm = _decode_with_miniaudio(data, fmt) if fmt in MINIAUDIO_FORMATS else _decode_with_ffmpeg(data, fmt)
-    samples = np.frombuffer(pcm, dtype=np.int16)
-    duration = len(samples) / SAMPLE_RATE
-    if duration < MIN_DURATION_S:
-        raise AudioDecodeError(
-            f"the {fmt} file holds only {duration:.3f} s of audio (at least {MIN_DURATION_S} s needed): "
-            "it is probably truncated; upload the complete recording"
-        )
-    return samples, time.perf_counter() - started
-
-
-def _decode_with_miniaudio(data: bytes, fmt: str) -> bytes:
-    """Decode mp3/wav/flac/ogg in process; miniaudio resamples and downmixes to 16 kHz mono."""
-    import miniaudio
-
-    try:
-        # miniaudio detects the container from the bytes, so a WAV named .mp3 still decodes.
-        decoded = miniaudio.decode(
-            data,
-            output_format=miniaudio.SampleFormat.SIGNED16,
-            nchannels=1,
-            sample_rate=SAMPLE_RATE,
-        )
-    except miniaudio.DecodeError as exc:
-        raise AudioDecodeError(
-            f"cannot decode {len(data)} bytes as {fmt} audio ({exc.args[0]}): the file is not a recording "
-            "or is corrupt; upload an mp3, wav, flac or ogg (Vorbis) file"
-        ) from exc
-    return decoded.samples.tobytes()
-
-
-def _decode_with_ffmpeg(data: bytes, fmt: str) -> bytes:
-    """Decode m4a/mp4/webm/amr with the ffmpeg command, which miniaudio cannot read."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise AudioDecodeError(
-            f"{fmt} audio needs ffmpeg, which is not on PATH: install it (e.g. `apt-get install ffmpeg`) "
-            "or convert the recording to mp3, wav, flac or ogg"
-        )
-    with tempfile.TemporaryDirectory(prefix="transcriber-") as tmp:
-        # A file, not stdin: MP4/M4A often keep their index (moov atom) at the end, which ffmpeg
-        # cannot seek back to on a pipe.
-        source = Path(tmp) / f"upload.{fmt}"
-        source.write_bytes(data)
-        command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(source)]
-        command += ["-map", "0:a:0", "-f", "s16le", "-acodec", "pcm_s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
-        try:
-            result = subprocess.run(command, capture_output=True, timeout=_FFMPEG_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise AudioDecodeError(
-                f"ffmpeg took more than {_FFMPEG_TIMEOUT_S} s to decode the {fmt} file: upload a shorter recording"
-            ) from exc
-    if result.returncode != 0:
-        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        reason = lines[-1] if lines else f"exit status {result.returncode}"
-        raise AudioDecodeError(
-            f"ffmpeg cannot decode {len(data)} bytes as {fmt} audio ({reason}): the file is not a recording "
-            "or is corrupt; upload an mp3, wav, flac or ogg file"
-        )
-    return result.stdout
-
-
-def voiced_seconds(samples: np.ndarray) -> float:
-    """Seconds of 30 ms frames that are loud enough and periodic at a voice pitch (the VAD above)."""
-    import numpy as np
-
-    n_frames = len(samples) // _VAD_FRAME
-    if n_frames == 0:
-        return 0.0
-    frames = samples[: n_frames * _VAD_FRAME].reshape(n_frames, _VAD_FRAME).astype(np.float32) / 32768.0
-    frames -= frames.mean(axis=1, keepdims=True)
-    frames = frames[np.einsum("ij,ij->i", frames, frames) / _VAD_FRAME > _MIN_VOICED_POWER]
-    if len(frames) == 0:
-        return 0.0
-    # Zero-padding to twice the frame length gives the linear (not circular) autocorrelation.
-    spectrum = np.fft.rfft(frames, n=2 * _VAD_FRAME, axis=1)
-    acf = np.fft.irfft(spectrum.real**2 + spectrum.imag**2, axis=1)[:, :_VAD_FRAME]
-    lags = np.arange(_MIN_PITCH_LAG, _MAX_PITCH_LAG + 1)
-    # Unbiased estimate (divide by the overlap) so that low voices, with long lags, are not penalised.
-    at_lags = acf[:, lags] * (_VAD_FRAME / (_VAD_FRAME - lags))
-    periodicity = at_lags.max(axis=1) / np.maximum(acf[:, 0], 1e-12)
-    # A maximum on the shortest lag is no pitch peak, just the slow decay of rumble (brown noise).
-    peaked = at_lags.argmax(axis=1) > 0
-    return float(np.count_nonzero((periodicity > _MIN_PERIODICITY) & peaked)) * _VAD_FRAME / SAMPLE_RATE
+    # CTranslate2 runs the model, so its view of the GPUs decides (importing torch here would cost a second).
+    if ctranslate2.get_cuda_device_count() > 0:
+        return "cuda", "float16"
+    return "cpu", "int8"
 
 
 class Transcriber:
-    """pocketsphinx's bundled US English recogniser, loaded once and shared by all calls (thread-safe)."""
+    """A faster-whisper model, loaded once and shared by all calls (thread-safe)."""
 
-    def __init__(self) -> None:
-        """Load the en-us acoustic model, language model and dictionary (about 0.3-0.6 s)."""
-        import pocketsphinx
-
+    def __init__(self, model: str | Path | None = None, *, device: str | None = None) -> None:
+        """Load `model` (None: the bundled tiny.en, checked against its vetted sha256) on the CPU or a GPU."""
         started = time.perf_counter()
-        # No arguments: the wheel's bundled en-us model; FATAL keeps its per-utterance INFO logs quiet.
-        self._decoder = pocketsphinx.Decoder(loglevel="FATAL")
-        self._frame_rate = int(self._decoder.config["frate"])
-        # One decoder holds one utterance at a time; the lock lets threads share it.
+        path = resolve_model(None if model is None else str(model))
+        if model is None or path == bundled_model_path():
+            verify_bundled_model(path)
+        from faster_whisper import WhisperModel
+
+        self.device, compute_type = default_device() if device is None else (device, "default")
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.model_path = path
+        try:
+            self._model = WhisperModel(str(path), device=self.device, compute_type=compute_type, cpu_threads=threads)
+        except (RuntimeError, ValueError) as error:
+            if device is not None or self.device == "cpu":
+                raise
+            # A GPU that CTranslate2 counts but cannot use (no cuBLAS/cuDNN libraries): the CPU still works.
+            log.warning("the speech model cannot run on the GPU (%s); using the CPU", error)
+            self.device = "cpu"
+            self._model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=threads)
+        self.multilingual = bool(self._model.model.is_multilingual)
+        # One recording at a time: beam search already uses every core, and results stay reproducible.
         self._lock = threading.Lock()
         self.load_s = time.perf_counter() - started
 
-    def transcribe_bytes(self, data: bytes, media_format: str) -> Transcription:
-        """Decode an upload and recognise its speech; silence or noise gives empty text, not a guess."""
+    def transcribe_bytes(
+        self,
+        data: bytes,
+        media_format: str,
+        language_code: str | None = "en-US",
+        language_options: Sequence[str] = (),
+    ) -> Transcription:
+        """Decode an upload and recognise its speech; `language_code=None` identifies the language first."""
         samples, decode_s = decode_audio(data, media_format)
         duration = len(samples) / SAMPLE_RATE
         started = time.perf_counter()
-        words: tuple[Word, ...] = ()
-        # Skip recognition when nothing sounds voiced: the decoder would only guess.
-        if voiced_seconds(samples) >= _MIN_VOICED_S:
-            words = self._recognise(samples, duration)
-            if sum(word.confidence for word in words) < _MIN_MEAN_CONFIDENCE * len(words):
-                words = ()
-        asr_s = time.perf_counter() - started
+        with self._lock:
+            language, identification = self._language(samples, language_code, tuple(language_options))
+            segments, _ = self._model.transcribe(
+                samples, language=language, vad_filter=True, word_timestamps=True, **_DECODE_OPTIONS
+            )
+            words = _words(list(segments), duration)  # segments is a generator: recognition runs here
+        if words and sum(word.confidence for word in words) < _MIN_MEAN_CONFIDENCE * len(words):
+            words = ()
+        if identification:
+            code = identification[0][0]
+        elif language_code and language_code.split("-")[0].lower() == language:
+            code = language_code
+        else:  # an English-only model asked for another language: say what it heard in
+            code = _dialect(language, language_options)
         return Transcription(
-            text=" ".join(word.content for word in words),
+            text=" ".join(word.content + word.punctuation for word in words),
             words=words,
             duration_s=duration,
             decode_s=decode_s,
-            asr_s=asr_s,
+            asr_s=time.perf_counter() - started,
             speech_detected=bool(words),
+            language_code=code,
+            language_identification=identification,
         )
 
-    def _recognise(self, samples: np.ndarray, duration: float) -> tuple[Word, ...]:
-        """Run the decoder over one whole utterance and keep the real words of its best path."""
-        with self._lock:
-            # Spectral noise removal keeps statistics across utterances: reset them so that a
-            # result does not depend on the file decoded before (it did: "and then" vs "for").
-            self._decoder.reinit_feat()
-            self._decoder.start_utt()
-            # full_utt: normalise cepstra over the whole recording (batch CMN), not a running estimate.
-            self._decoder.process_raw(samples.tobytes(), full_utt=True)
-            self._decoder.end_utt()
-            segments = list(self._decoder.seg())
-        words = []
-        for segment in segments:
-            # <s>, </s>, <sil>, [NOISE], [SPEECH] and ++FILLER++ are not words of the prompt.
-            if segment.word[0] in "<[+":
+    def _language(
+        self, samples: np.ndarray, language_code: str | None, options: tuple[str, ...]
+    ) -> tuple[str, tuple[tuple[str, float], ...]]:
+        """Whisper's language for this recording and, when asked to identify it, the scored candidates."""
+        if not self.multilingual:
+            # An English-only model hears English whatever the job asked; identification has one candidate.
+            english = _dialect("en", options)
+            return "en", ((english, 1.0),) if language_code is None else ()
+        if language_code is not None:
+            return language_code.split("-")[0].lower(), ()
+        try:
+            _, _, probabilities = self._model.detect_language(samples, vad_filter=True)
+        except ValueError:  # the voice detector found no speech at all: nothing to identify
+            probabilities = []
+        scores = dict(probabilities)
+        if options:
+            # Like Transcribe's LanguageOptions: only the candidates can win.
+            ranked = sorted(((code, scores.get(code.split("-")[0].lower(), 0.0)) for code in options), key=_score)
+        else:
+            ranked = sorted(((_dialect(lang, ()), p) for lang, p in probabilities[:5]), key=_score) or [("en-US", 0.0)]
+        return ranked[0][0].split("-")[0].lower(), tuple((code, float(p)) for code, p in ranked)
+
+
+def _score(item: tuple[str, float]) -> float:
+    return -item[1]
+
+
+def _dialect(language: str, options: Sequence[str]) -> str:
+    """The job's candidate for a Whisper language, else its usual Transcribe dialect."""
+    for option in options:
+        if option.split("-")[0].lower() == language:
+            return option
+    return _DIALECTS.get(language, language)
+
+
+def _words(segments: list[Any], duration: float) -> tuple[Word, ...]:
+    """Whisper's words as Transcribe's: bare content, trailing mark apart, times in order inside the audio."""
+    words: list[Word] = []
+    previous_end = 0.0
+    for segment in segments:
+        for token in segment.words or ():
+            match = _SPLIT_WORD.fullmatch(token.word.strip())
+            content, trailing = (match.group(1), match.group(2)) if match else ("", "")
+            mark = next((char for char in trailing if char in _PUNCTUATION), "")
+            if not content:
+                # A lone mark ("...", "-"): it belongs to the word before it.
+                if mark and words and not words[-1].punctuation:
+                    words[-1] = dataclasses.replace(words[-1], punctuation=mark)
                 continue
-            start = segment.start_frame / self._frame_rate
-            end = min((segment.end_frame + 1) / self._frame_rate, duration)  # end_frame is inclusive
-            # Segment.prob is the word's lattice posterior, already taken out of the log domain by
-            # the binding (logmath_exp); log-base rounding can give 1.0001, hence the clamp.
-            confidence = min(max(segment.prob, 0.0), 1.0)
-            words.append(Word(_VARIANT_SUFFIX.sub("", segment.word), start, max(end, start), confidence))
-        return tuple(words)
+            start = min(max(float(token.start), previous_end), duration)
+            end = min(max(float(token.end), start), duration)
+            confidence = min(max(float(token.probability), 0.0), 1.0)
+            words.append(Word(content, start, end, confidence, mark))
+            previous_end = end
+    return tuple(words)
 
 
 def to_transcribe_json(
@@ -263,21 +241,27 @@ def to_transcribe_json(
     if status not in TRANSCRIBE_JOB_STATUSES:
         known = ", ".join(sorted(TRANSCRIBE_JOB_STATUSES))
         raise ValueError(f"status {status!r} is not a Transcribe job status: {known}")
-    items = [
-        {
-            "start_time": _seconds(word.start),
-            "end_time": _seconds(word.end),
-            "alternatives": [{"confidence": _confidence(word.confidence), "content": word.content}],
-            "type": "pronunciation",
-        }
-        for word in transcription.words
-    ]
-    return {
-        "jobName": job_name,
-        "accountId": account_id,
-        "results": {"transcripts": [{"transcript": transcription.text}], "items": items},
-        "status": status,
-    }
+    items: list[dict[str, Any]] = []
+    for word in transcription.words:
+        items.append(
+            {
+                "start_time": _seconds(word.start),
+                "end_time": _seconds(word.end),
+                "alternatives": [{"confidence": _confidence(word.confidence), "content": word.content}],
+                "type": "pronunciation",
+            }
+        )
+        if word.punctuation:
+            # Transcribe's punctuation items have no times and a confidence of "0.0".
+            items.append({"alternatives": [{"confidence": "0.0", "content": word.punctuation}], "type": "punctuation"})
+    results: dict[str, Any] = {"transcripts": [{"transcript": transcription.text}], "items": items}
+    if transcription.language_identification:
+        # As Transcribe writes it for a job with IdentifyLanguage: the chosen code and every candidate's score.
+        results["language_code"] = transcription.language_code
+        results["language_identification"] = [
+            {"score": _confidence(score), "code": code} for code, score in transcription.language_identification
+        ]
+    return {"jobName": job_name, "accountId": account_id, "results": results, "status": status}
 
 
 def _seconds(value: float) -> str:

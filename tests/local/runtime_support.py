@@ -114,3 +114,14 @@ def child_processes() -> set[int]:
             if state != "Z":
                 children.add(int(pid))
     return children
+
+
+def offline_with_an_empty_cache(monkeypatch: Any, cache: Path) -> None:
+    """No Hub access and no model downloaded before, even where huggingface_hub read its settings already."""
+    import huggingface_hub.constants
+
+    # huggingface_hub reads these variables once, at import; its functions look at the constants at call time.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))

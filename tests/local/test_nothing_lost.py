@@ -23,6 +23,7 @@ import pytest
 
 from infra.pipeline import ERROR_PREFIX, IMAGE_PREFIX, BucketRole, Handler, routes
 from local.runtime import LocalRuntime, UploadResult, load_config, local_config, tiny_model
+from local.wer import word_error_rate
 from tests.local.runtime_support import AUDIO, MANIFEST
 
 pytestmark = pytest.mark.slow
@@ -182,7 +183,7 @@ def test_a_recogniser_crash_mid_job_is_survived(runtime: LocalRuntime, tmp_path:
 
     assert runtime.engine.restarts == restarts + 1
     assert_image(runtime, result)
-    assert set(MANIFEST["speech"]["red-apple.mp3"]["keywords"]) <= set((result.transcript or "").split())
+    assert word_error_rate(MANIFEST["speech"]["red-apple.mp3"]["text"], result.transcript or "") <= 0.1
 
 
 def test_a_recogniser_that_keeps_crashing_fails_the_job_with_a_clear_error(

@@ -382,7 +382,8 @@ def test_transcribe_engine_completes_a_job_like_transcribe(runtime: LocalRuntime
     assert document["status"] == "COMPLETED"
     text = document["results"]["transcripts"][0]["transcript"]
     assert {"red", "apple"} <= set(text.split())
-    assert all(isinstance(item["start_time"], str) for item in document["results"]["items"])
+    words = [item for item in document["results"]["items"] if item["type"] == "pronunciation"]
+    assert words and all(isinstance(item["start_time"], str) for item in words)
     assert [event["detail"] for event in events] == [
         {"TranscriptionJobName": "engine-check", "TranscriptionJobStatus": "COMPLETED"}
     ]
@@ -396,6 +397,32 @@ def test_transcribe_engine_completes_a_job_like_transcribe(runtime: LocalRuntime
             LanguageCode="en-US",
         )
     assert conflict.value.response["Error"]["Code"] == "ConflictException"
+
+
+def test_a_job_that_asks_to_identify_the_language_gets_it_in_the_job_and_the_transcript(runtime: LocalRuntime) -> None:
+    # languageCode=auto in cdk.json: the handler starts the job with IdentifyLanguage and LanguageOptions.
+    model_bucket = runtime.bucket_names[BucketRole.MODEL]
+    output_bucket = runtime.bucket_names[BucketRole.OUTPUT]
+    s3 = runtime.aws.client("s3")
+    s3.put_object(Bucket=model_bucket, Key="media/lake.flac", Body=(AUDIO / "mountain-lake.flac").read_bytes())
+    transcribe = runtime.aws.client("transcribe")
+    transcribe.start_transcription_job(
+        TranscriptionJobName="identify-check",
+        Media={"MediaFileUri": f"s3://{model_bucket}/media/lake.flac"},
+        IdentifyLanguage=True,
+        LanguageOptions=["de-DE", "en-GB", "fr-FR"],
+        OutputBucketName=output_bucket,
+        OutputKey="engine/lake.json",
+    )
+    assert runtime.wait_until_idle(60)
+
+    job = transcribe.get_transcription_job(TranscriptionJobName="identify-check")["TranscriptionJob"]
+    assert job["TranscriptionJobStatus"] == "COMPLETED"
+    assert job["LanguageCode"] == "en-GB", "the English candidate: the default model hears English only"
+    results = json.loads(s3.get_object(Bucket=output_bucket, Key="engine/lake.json")["Body"].read())["results"]
+    assert results["language_code"] == "en-GB"
+    assert results["language_identification"] == [{"score": "1.0", "code": "en-GB"}]
+    assert "mountain lake" in results["transcripts"][0]["transcript"].lower()
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 
 from local import gallery
 from local.cli import EXIT_USAGE, format_timings, main
-from tests.local.runtime_support import AUDIO
+from tests.local.runtime_support import AUDIO, offline_with_an_empty_cache
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -111,3 +111,33 @@ def test_the_gallery_is_newest_first_escaped_and_linked(tmp_path: Path) -> None:
 def test_timings_read_as_a_breakdown() -> None:
     line = format_timings({"upload": 0.01, "asr": 0.6, "generation": 0.4, "total": 1.2, "overhead": 0.2})
     assert line == "upload 0.01s | ASR 0.60s | generation 0.40s | total 1.20s (pipeline overhead 0.20s, 17%)"
+
+
+def test_an_asr_model_that_cannot_be_downloaded_is_a_usage_error_naming_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offline_with_an_empty_cache(monkeypatch, tmp_path / "empty-cache")
+    out = tmp_path / "out"
+    code, _, stderr = run("run", str(AUDIO / "red-apple.mp3"), "--asr-model", "small", "--out", str(out))
+    assert code == EXIT_USAGE
+    assert "--asr-model: cannot download the speech model 'small'" in stderr
+    assert "'tiny.en'" in stderr and "leave out --asr-model" in stderr
+    assert not out.exists(), "nothing starts or is written for a usage error"
+
+
+@pytest.mark.slow
+def test_an_asr_model_folder_is_what_the_recognition_process_loads(tmp_path: Path) -> None:
+    from local.asr_model import bundled_model_path
+    from local.cli import _transcriber_factory
+
+    folder = tmp_path / "my whisper"
+    folder.symlink_to(bundled_model_path(), target_is_directory=True)
+    remote = _transcriber_factory(str(folder), tmp_path / "transcribe.log")()
+    try:
+        assert remote.model_path == folder.resolve()
+        assert remote.device == "cpu"
+        assert remote.multilingual is False
+        heard = remote.transcribe_bytes((AUDIO / "red-apple.mp3").read_bytes(), "mp3")
+        assert heard.text == "A red apple on a wooden table."
+    finally:
+        remote.close()

@@ -1,35 +1,34 @@
-"""Offline speech recognition (local.transcriber) on the committed audio fixtures: no network, no AWS."""
+"""Offline speech recognition (local.transcriber: faster-whisper, PyAV) on the committed audio fixtures."""
 
 import io
-import json
 import re
-import shutil
 import threading
 import wave
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from local.transcriber import (
-    FFMPEG_FORMATS,
+    MEDIA_FORMATS,
     MIN_DURATION_S,
     SAMPLE_RATE,
     AudioDecodeError,
     Transcriber,
     Transcription,
-    Word,
     decode_audio,
-    to_transcribe_json,
-    voiced_seconds,
 )
+from local.wer import normalise, word_error_rate
+from tests.local.runtime_support import AUDIO, MANIFEST, REPO
 
-AUDIO = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
-SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "astronaut-riding-a-horse.mp3"
-MANIFEST = json.loads((AUDIO / "manifest.json").read_text(encoding="utf-8"))
+SAMPLE = REPO / "examples" / "astronaut-riding-a-horse.mp3"
+SAMPLE_TEXT = "a photo of an astronaut riding a horse on mars"
 SPEECH = MANIFEST["speech"]
 NO_SPEECH = MANIFEST["no_speech"]
+# Synthetic speech: over all fixtures the issue's bound; one fixture may miss a word or two of its 5-7.
+MAX_WER = 0.10
+MAX_WER_PER_FIXTURE = 0.4
 
 
 def _format(name: str) -> str:
@@ -40,15 +39,19 @@ def _read(name: str) -> bytes:
     return (AUDIO / name).read_bytes()
 
 
-def _skip_without_ffmpeg(name: str) -> None:
-    # The m4a fixture decodes only where ffmpeg is installed; the no-ffmpeg error has its own test.
-    if _format(name) in FFMPEG_FORMATS and shutil.which("ffmpeg") is None:
-        pytest.skip(f"{name} needs ffmpeg on PATH")
+def _wav(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(SAMPLE_RATE)
+        wav.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")
 def transcriber() -> Transcriber:
-    # One decoder for the whole session: loading the model is the expensive part.
+    # One model for the whole session: loading it is the expensive part.
     return Transcriber()
 
 
@@ -65,53 +68,62 @@ def transcribe(transcriber):
     return run
 
 
-def test_manifest_covers_the_formats_and_awkward_names():
+def test_manifest_covers_every_format_and_awkward_names():
     names = list(SPEECH) + NO_SPEECH + MANIFEST["undecodable"] + MANIFEST["not_audio_upload"]
     assert all((AUDIO / name).is_file() for name in names)
-    assert {_format(name) for name in SPEECH} >= {"mp3", "wav", "ogg", "flac"}
+    assert {_format(name) for name in SPEECH} == MEDIA_FORMATS
     assert any(" " in name for name in SPEECH)
     assert any(not name.isascii() for name in SPEECH)
 
 
 @pytest.mark.slow
+def test_bundled_sample_is_heard_exactly(transcriber):
+    result = transcriber.transcribe_bytes(SAMPLE.read_bytes(), "mp3")
+    assert normalise(result.text) == SAMPLE_TEXT.split()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SPEECH)
-def test_speech_fixture_gives_its_keywords(transcribe, name):
-    _skip_without_ffmpeg(name)
+def test_speech_fixture_is_heard(transcribe, name):
     result = transcribe(name)
     assert result.speech_detected
-    missing = set(SPEECH[name]["keywords"]) - set(result.text.split())
-    assert not missing, f"{name}: {missing} not in {result.text!r}"
+    assert word_error_rate(SPEECH[name]["text"], result.text) <= MAX_WER_PER_FIXTURE, result.text
+
+
+@pytest.mark.slow
+def test_word_error_rate_over_all_speech_fixtures(transcribe):
+    errors = words = 0
+    for name, entry in SPEECH.items():
+        reference = normalise(entry["text"])
+        errors += round(word_error_rate(entry["text"], transcribe(name).text) * len(reference))
+        words += len(reference)
+    assert errors / words <= MAX_WER
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SPEECH)
 def test_words_are_clean_ordered_and_inside_the_audio(transcribe, name):
-    _skip_without_ffmpeg(name)
     result = transcribe(name)
     assert result.words
-    assert result.text == " ".join(word.content for word in result.words)
+    assert result.text == " ".join(word.content + word.punctuation for word in result.words)
     for word in result.words:
-        # No sentence markers, fillers, noise tokens or pronunciation variants like "a(2)".
-        assert re.fullmatch(r"[a-z][a-z']*", word.content), word
+        # Punctuation is split off into its own field, as Transcribe splits it into its own item.
+        assert re.fullmatch(r"\w[\w'.-]*", word.content), word
+        assert word.punctuation in ("", ".", ",", "?", "!")
         assert 0.0 <= word.start <= word.end <= result.duration_s
         assert 0.0 <= word.confidence <= 1.0
     for before, after in zip(result.words, result.words[1:], strict=False):
         assert before.end <= after.start
-    assert 0.0 < result.mean_confidence <= 1.0
-
-
-@pytest.mark.slow
-def test_bundled_sample_is_recognised(transcriber):
-    result = transcriber.transcribe_bytes(SAMPLE.read_bytes(), "mp3")
-    assert {"astronaut", "riding", "horse", "mars"} <= set(result.text.split())
+    assert 0.4 <= result.mean_confidence <= 1.0
+    assert result.language_code == "en-US"
+    assert result.language_identification == ()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SPEECH)
 def test_recognition_runs_faster_than_real_time(transcribe, name):
-    _skip_without_ffmpeg(name)
     result = transcribe(name)
-    # ~0.13x real time on 2 cores; 1.0 leaves room for a slow CI runner.
+    # ~0.2x real time on 2 cores (benchmarks/bench_asr.py); 1.0 leaves room for a slow CI runner.
     assert 0.0 < result.asr_s < result.duration_s
     assert result.decode_s >= 0.0
 
@@ -128,38 +140,37 @@ def test_silence_and_noise_give_no_speech(transcribe, name):
 
 
 @pytest.mark.slow
-def test_low_confidence_guess_is_not_speech(transcriber):
-    # A 100 -> 1000 Hz sweep is periodic, so it passes the voice check; the decoder then guesses
-    # "mm" with a confidence of ~0.03, which the confidence floor must turn into "no speech".
-    t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
-    sweep = (0.1 * 32767 * np.sin(2 * np.pi * (100 * t + 225 * t**2))).astype("<i2")
-    assert voiced_seconds(sweep) > 1.0
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(SAMPLE_RATE)
-        wav.writeframes(sweep.tobytes())
-    result = transcriber.transcribe_bytes(buffer.getvalue(), "wav")
+@pytest.mark.parametrize(
+    "sound",
+    [
+        lambda t: 0.1 * np.sin(2 * np.pi * (100 * t + 225 * t**2)),  # a rising tone: periodic, like a voice
+        lambda t: sum(0.08 * np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0)) * (1 + 0.5 * np.sin(4 * t)),
+        lambda t: 0.2 * np.sin(2 * np.pi * np.repeat([262, 330, 392, 523, 392, 330], SAMPLE_RATE // 2) * t),
+    ],
+    ids=["tone-sweep", "chord", "melody"],
+)
+def test_tones_and_music_are_not_speech(transcriber, sound):
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    result = transcriber.transcribe_bytes(_wav(sound(t)), "wav")
     assert result.speech_detected is False
     assert result.text == ""
 
 
-@pytest.mark.parametrize("name", NO_SPEECH)
-def test_voice_activity_check_finds_no_voice_in_silence_or_noise(name):
-    samples, _ = decode_audio(_read(name), _format(name))
-    assert voiced_seconds(samples) == 0.0
-
-
-@pytest.mark.parametrize("name", [name for name in SPEECH if _format(name) not in FFMPEG_FORMATS])
-def test_voice_activity_check_finds_voice_in_speech(name):
-    samples, _ = decode_audio(_read(name), _format(name))
-    assert voiced_seconds(samples) > 0.5
+def test_guesses_below_the_confidence_floor_are_not_speech(monkeypatch):
+    # Words the voice detector let through but Whisper barely believes in: no prompt is better than a wrong one.
+    model = Transcriber.__new__(Transcriber)
+    model.multilingual = False
+    model._lock = threading.Lock()
+    guess = SimpleNamespace(words=[SimpleNamespace(word=" Mm.", start=0.1, end=0.5, probability=0.12)])
+    model._model = SimpleNamespace(transcribe=lambda *args, **kwargs: (iter([guess]), None))
+    result = model.transcribe_bytes(_read("red-apple.mp3"), "mp3")
+    assert (result.speech_detected, result.text, result.words) == (False, "", ())
+    guess.words[0].probability = 0.9
+    assert model.transcribe_bytes(_read("red-apple.mp3"), "mp3").text == "Mm."
 
 
 @pytest.mark.slow
 def test_result_does_not_depend_on_the_previous_file(transcriber):
-    # The decoder is reused; its noise statistics must not leak from one upload into the next.
     target = "red-apple.mp3"
     first_use = Transcriber().transcribe_bytes(_read(target), "mp3")
     transcriber.transcribe_bytes(_read("castle at sunset.mp3"), "mp3")
@@ -173,7 +184,7 @@ def test_one_transcriber_is_safe_to_share_between_threads(transcriber, transcrib
     start = threading.Barrier(len(names))
 
     def run(name: str) -> Transcription:
-        start.wait()  # all threads reach the decoder together
+        start.wait()  # all threads reach the model together
         return transcriber.transcribe_bytes(_read(name), _format(name))
 
     with ThreadPoolExecutor(max_workers=len(names)) as pool:
@@ -182,25 +193,63 @@ def test_one_transcriber_is_safe_to_share_between_threads(transcriber, transcrib
         assert result.words == transcribe(name).words
 
 
+@pytest.mark.slow
+def test_an_english_model_asked_to_identify_the_language_reports_english(transcriber):
+    result = transcriber.transcribe_bytes(_read("red-apple.mp3"), "mp3", None, ["de-DE", "en-GB"])
+    assert result.language_code == "en-GB"
+    assert result.language_identification == (("en-GB", 1.0),)
+    asked_for_german = transcriber.transcribe_bytes(_read("red-apple.mp3"), "mp3", "de-DE")
+    assert asked_for_german.language_code == "en-US", "it says what it heard in, not what was asked"
+
+
+def test_a_multilingual_model_picks_the_best_of_the_job_s_candidates():
+    model = Transcriber.__new__(Transcriber)
+    model.multilingual = True
+    model._model = SimpleNamespace(detect_language=lambda *a, **k: ("it", 0.5, [("it", 0.5), ("de", 0.3), ("en", 0.1)]))
+    samples = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    # Like Transcribe's LanguageOptions: Italian scores best but is not a candidate.
+    assert model._language(samples, None, ("en-US", "de-DE")) == ("de", (("de-DE", 0.3), ("en-US", 0.1)))
+    assert model._language(samples, None, ())[1][0] == ("it-IT", 0.5)
+    assert model._language(samples, "fr-FR", ()) == ("fr", ())
+
+
 @pytest.mark.parametrize("name", list(SPEECH) + NO_SPEECH)
-def test_decode_audio_gives_16khz_mono_int16(name):
-    _skip_without_ffmpeg(name)
+def test_decode_audio_gives_16khz_mono_float32(name):
     samples, decode_s = decode_audio(_read(name), _format(name))
-    assert samples.dtype == np.int16
+    assert samples.dtype == np.float32
     assert samples.ndim == 1
     assert len(samples) >= MIN_DURATION_S * SAMPLE_RATE
+    assert 0.0 < np.abs(samples).max() <= 1.0 or name in NO_SPEECH
     assert decode_s >= 0.0
 
 
+def test_every_format_decodes_in_process_with_no_ffmpeg_on_path(monkeypatch, tmp_path):
+    # A tripwire ffmpeg first on PATH: any subprocess decoder would run it and leave a mark.
+    mark = tmp_path / "ffmpeg-was-run"
+    for tool in ("ffmpeg", "ffprobe"):
+        (tmp_path / tool).write_text(f"#!/bin/sh\ntouch {mark}\nexit 1\n")
+        (tmp_path / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    decoded = {_format(name): len(decode_audio(_read(name), _format(name))[0]) for name in SPEECH}
+    assert set(decoded) == MEDIA_FORMATS
+    assert all(length > SAMPLE_RATE for length in decoded.values())
+    assert not mark.exists()
+
+
 def test_decode_audio_resamples_to_the_right_duration():
-    # silence.mp3 is 2 s at 22.05 kHz: a missing or wrong resampling would give 2.76 s or 1.45 s.
+    # silence.mp3 is 2 s at 22.05 kHz, robot.amr 8 kHz, the webm 48 kHz: all come out at 16 kHz.
     samples, _ = decode_audio(_read("silence.mp3"), "mp3")
     assert len(samples) / SAMPLE_RATE == pytest.approx(2.0, abs=0.1)
+    for name in ("robot.amr", "hot air balloon.webm"):
+        wav, _ = decode_audio(_read(name), _format(name))
+        assert 2.0 < len(wav) / SAMPLE_RATE < 4.0
 
 
-def test_decode_audio_accepts_upper_case_format():
+def test_decode_audio_accepts_upper_case_format_and_reads_the_content_not_the_name():
     samples, _ = decode_audio(_read("cat-in-a-hat.wav"), "WAV")
     assert len(samples) > 0
+    as_mp3, _ = decode_audio(_read("cat-in-a-hat.wav"), "mp3")
+    assert np.array_equal(samples, as_mp3)
 
 
 def test_empty_file_is_a_clear_error():
@@ -209,13 +258,14 @@ def test_empty_file_is_a_clear_error():
 
 
 def test_random_bytes_are_a_clear_error():
-    with pytest.raises(AudioDecodeError, match=r"cannot decode 16384 bytes as mp3 audio.*upload an mp3, wav"):
+    with pytest.raises(AudioDecodeError, match=r"cannot decode 16384 bytes as mp3 audio .*upload an mp3, mp4, m4a"):
         decode_audio(_read("not-audio.mp3"), "mp3")
 
 
-def test_text_file_is_a_clear_error(transcriber):
-    with pytest.raises(AudioDecodeError, match="cannot decode"):
-        transcriber.transcribe_bytes(_read("readme.txt"), "mp3")
+@pytest.mark.parametrize("fmt", sorted(MEDIA_FORMATS))
+def test_a_text_file_is_a_clear_error_whatever_its_name(fmt):
+    with pytest.raises(AudioDecodeError, match=rf"cannot decode \d+ bytes as {fmt} audio"):
+        decode_audio(_read("readme.txt"), fmt)
 
 
 def test_unknown_media_format_is_a_clear_error():
@@ -226,8 +276,8 @@ def test_unknown_media_format_is_a_clear_error():
 @pytest.mark.parametrize(
     ("keep", "message"),
     [
-        (50, "cannot decode 50 bytes as mp3 audio"),  # not even one MP3 frame
-        (600, r"holds only 0\.\d+ s of audio .* probably truncated"),  # a few frames, under MIN_DURATION_S
+        (50, r"cannot decode 50 bytes as mp3 audio"),  # not even one MP3 frame
+        (300, r"holds only 0\.\d+ s of audio .* probably truncated"),  # two frames, under MIN_DURATION_S
     ],
 )
 def test_truncated_mp3_is_a_clear_error(keep, message):
@@ -235,106 +285,14 @@ def test_truncated_mp3_is_a_clear_error(keep, message):
         decode_audio(_read("red-apple.mp3")[:keep], "mp3")
 
 
+def test_a_recording_cut_off_midway_keeps_what_was_recorded():
+    data = _read("castle at sunset.mp3")
+    full, _ = decode_audio(data, "mp3")
+    half, _ = decode_audio(data[: len(data) // 2], "mp3")
+    assert 0.3 * len(full) < len(half) < 0.7 * len(full)
+
+
 def test_decode_errors_are_value_errors():
     # Callers that treat bad input as ValueError (400-style errors) need no special case.
     with pytest.raises(ValueError):
         decode_audio(b"", "mp3")
-
-
-def test_ffmpeg_formats_without_ffmpeg_say_so(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no ffmpeg to find
-    with pytest.raises(AudioDecodeError, match=r"m4a audio needs ffmpeg, which is not on PATH"):
-        decode_audio(_read("lighthouse.m4a"), "m4a")
-
-
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
-def test_ffmpeg_rejects_bytes_that_are_not_audio():
-    with pytest.raises(AudioDecodeError, match=r"ffmpeg cannot decode 16384 bytes as webm audio"):
-        decode_audio(_read("not-audio.mp3"), "webm")
-
-
-def _transcription(*words: Word) -> Transcription:
-    return Transcription(
-        text=" ".join(word.content for word in words),
-        words=words,
-        duration_s=2.0,
-        decode_s=0.01,
-        asr_s=0.2,
-        speech_detected=bool(words),
-    )
-
-
-def test_mean_confidence_averages_the_words():
-    result = _transcription(Word("a", 0.0, 0.1, 0.2), Word("cat", 0.1, 0.5, 0.8))
-    assert result.mean_confidence == pytest.approx(0.5)
-    assert _transcription().mean_confidence == 0.0
-
-
-def test_transcribe_json_is_formatted_like_amazon_transcribe():
-    result = _transcription(Word("cat", 0.0, 0.44, 1.0), Word("hat", 0.5, 1.5, 0.998712))
-    document = to_transcribe_json("upload-cat-1a2b", "123456789012", result)
-    assert document == {
-        "jobName": "upload-cat-1a2b",
-        "accountId": "123456789012",
-        "results": {
-            "transcripts": [{"transcript": "cat hat"}],
-            "items": [
-                {
-                    "start_time": "0.0",
-                    "end_time": "0.44",
-                    "alternatives": [{"confidence": "1.0", "content": "cat"}],
-                    "type": "pronunciation",
-                },
-                {
-                    "start_time": "0.5",
-                    "end_time": "1.5",
-                    "alternatives": [{"confidence": "0.9987", "content": "hat"}],
-                    "type": "pronunciation",
-                },
-            ],
-        },
-        "status": "COMPLETED",
-    }
-
-
-def _all_leaves(value):
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from _all_leaves(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _all_leaves(item)
-    else:
-        yield value
-
-
-@pytest.mark.slow
-def test_transcribe_json_of_a_real_recording(transcribe):
-    result = transcribe("castle at sunset.mp3")
-    document = to_transcribe_json("castle-at-sunset", "000000000000", result)
-    assert json.loads(json.dumps(document)) == document
-    assert set(document) == {"jobName", "accountId", "results", "status"}
-    assert document["results"]["transcripts"] == [{"transcript": result.text}]
-    items = document["results"]["items"]
-    assert [item["alternatives"][0]["content"] for item in items] == result.text.split()
-    for item in items:
-        assert set(item) == {"start_time", "end_time", "alternatives", "type"}
-        assert item["type"] == "pronunciation"
-        assert re.fullmatch(r"\d+\.\d{1,2}", item["start_time"])
-        assert re.fullmatch(r"\d+\.\d{1,2}", item["end_time"])
-        assert float(item["start_time"]) <= float(item["end_time"]) <= result.duration_s + 0.005
-        assert re.fullmatch(r"[01]\.\d{1,4}", item["alternatives"][0]["confidence"])
-    # Every value is a string: Transcribe writes no JSON numbers at all.
-    assert all(isinstance(leaf, str) for leaf in _all_leaves(document))
-
-
-@pytest.mark.slow
-def test_transcribe_json_of_silence_has_no_items(transcribe):
-    document = to_transcribe_json("silence", "000000000000", transcribe("silence.mp3"))
-    assert document["results"] == {"transcripts": [{"transcript": ""}], "items": []}
-
-
-def test_transcribe_json_status():
-    assert to_transcribe_json("job", "000000000000", _transcription(), status="FAILED")["status"] == "FAILED"
-    with pytest.raises(ValueError, match="not a Transcribe job status"):
-        to_transcribe_json("job", "000000000000", _transcription(), status="DONE")
