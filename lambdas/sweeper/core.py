@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline_common.ledger import GENERATING, RECEIVED, TRANSCRIBING, Entry
+from pipeline_common.ledger import GENERATING, RECEIVED, TRANSCRIBING, WAITING, Entry
 from pipeline_common.results import COMMITTED, Results
 from pipeline_common.settings import CommonSettings, as_int, require
 
@@ -17,11 +17,12 @@ logger = logging.getLogger(__name__)
 FUNCTION = "sweeper"
 STUCK = "stuck"
 # The error record's stage for each ledger stage an upload can be stuck in.
-_RECORD_STAGE = {RECEIVED: "validate", TRANSCRIBING: "transcribe", GENERATING: "generate"}
+_RECORD_STAGE = {RECEIVED: "validate", TRANSCRIBING: "transcribe", GENERATING: "generate", WAITING: "generate"}
 _WHAT_HAPPENED = {
     RECEIVED: "the recording was received but its transcription never started",
     TRANSCRIBING: "the transcription never delivered a transcript (or its event was lost)",
     GENERATING: "the image generation never finished",
+    WAITING: "the GPU endpoint never answered the queued request (it expired, or its notification was lost)",
 }
 
 
