@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 FUNCTION = "sweeper"
 STUCK = "stuck"
+STILL_WAITING = "waiting"
 # The error record's stage for each ledger stage an upload can be stuck in.
 _RECORD_STAGE = {RECEIVED: "validate", TRANSCRIBING: "transcribe", GENERATING: "generate", WAITING: "generate"}
 _WHAT_HAPPENED = {
@@ -75,7 +76,7 @@ def sweep(
     failed: list[str] = []
     for entry in results.ledger.pending_before(cutoff, index=settings.pending_index):
         try:
-            swept.append(_sweep_one(entry, settings, results))
+            swept.append(_sweep_one(entry, settings, results, clock=now().timestamp()))
         except Exception:
             # One upload that cannot be recorded now must not hide every later one: go on, fail at the end.
             logger.exception("stuck upload not recorded; tried again next run", extra={"key": entry.key})
@@ -86,7 +87,12 @@ def sweep(
     return swept
 
 
-def _sweep_one(entry: Entry, settings: Settings, results: Results) -> Result:
+def _sweep_one(entry: Entry, settings: Settings, results: Results, *, clock: float) -> Result:
+    if entry.stage == WAITING and entry.lease_until is not None and entry.lease_until > clock:
+        # A request still within its TTL (requestTtlMinutes may exceed stuckAfterMinutes) can still be answered.
+        logger.info("queued request still within its time to live; not stuck yet", extra={"key": entry.key})
+        results.metrics.outcome(STILL_WAITING)
+        return Result(entry.key, entry.stage, STILL_WAITING)
     stage = _RECORD_STAGE.get(entry.stage, "validate")
     what = _WHAT_HAPPENED.get(entry.stage, "the upload stopped making progress")
     committed = results.commit_error(
