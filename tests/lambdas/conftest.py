@@ -187,3 +187,32 @@ def sweeper(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield handler
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()
+
+
+@pytest.fixture
+def async_result(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The async_result handler module with infra's (asynchronous) environment and the moto clients."""
+    from async_result import handler
+
+    _set_environment(monkeypatch, Handler.ASYNC_RESULT, PipelineConfig(endpoint_mode="async"))
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+    handler.CLIENTS.inject(s3=aws.s3, dynamodb=aws.dynamodb)
+    yield handler
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+
+
+@pytest.fixture
+def invoke_async(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The invoke_sd handler module with infra's asynchronous-endpoint environment and a stand-in endpoint."""
+    from invoke_sd import handler
+    from tests.lambdas.race_support import FakeEndpoint
+
+    _set_environment(monkeypatch, Handler.INVOKE_SD, PipelineConfig(endpoint_mode="async"))
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+    handler.CLIENTS.inject(s3=aws.s3, sagemaker_runtime=FakeEndpoint(aws.s3), dynamodb=aws.dynamodb)
+    yield handler
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
