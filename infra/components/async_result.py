@@ -104,12 +104,11 @@ class AsyncResultRecorder(Construct):
         # Read the output (or failure) object SageMaker wrote, then remove it once recorded.
         self.stage.allow("s3:GetObject", *results, wildcard_reason=_KEYS_FROM_UPLOADS)
         self.stage.allow("s3:DeleteObject", *results, wildcard_reason=_KEYS_FROM_UPLOADS)
-        # The staged request is of no further use once its result is recorded.
-        self.stage.allow(
-            "s3:DeleteObject",
-            transcripts.arn_for_objects(f"{ASYNC_REQUEST_PREFIX}*"),
-            wildcard_reason=_KEYS_FROM_UPLOADS,
-        )
+        requests = transcripts.arn_for_objects(f"{ASYNC_REQUEST_PREFIX}*")
+        # invoke_sd stages the request's context (source key, upload, prompt, parameters) beside the request:
+        # async_result reads it to write the image set, and removes both once the result is recorded.
+        self.stage.allow("s3:GetObject", requests, wildcard_reason=_KEYS_FROM_UPLOADS)
+        self.stage.allow("s3:DeleteObject", requests, wildcard_reason=_KEYS_FROM_UPLOADS)
         output = buckets[BucketRole.OUTPUT]
         final = (output.arn_for_objects(f"{IMAGE_PREFIX}*"), output.arn_for_objects(f"{ERROR_PREFIX}*"))
         # One result per upload: an image set removes the key's error record and vice versa.

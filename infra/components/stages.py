@@ -167,12 +167,11 @@ class ImageGenerator(Construct):
         if not config.is_async:
             self.stage.allow("sagemaker:InvokeEndpoint", endpoint_arn)
             return
-        # Async: stage the request in S3 (SageMaker reads it with the endpoint's role), then queue it there.
-        self.stage.allow(
-            "s3:PutObject",
-            buckets[BucketRole.TRANSCRIPTS].arn_for_objects(f"{ASYNC_REQUEST_PREFIX}*"),
-            wildcard_reason=_KEYS_FROM_UPLOADS,
-        )
+        # Async: stage the request in S3 (SageMaker reads it with the endpoint's role), then queue it there;
+        # a request the endpoint refuses for good is taken back at once instead of waiting for the lifecycle rule.
+        requests = buckets[BucketRole.TRANSCRIPTS].arn_for_objects(f"{ASYNC_REQUEST_PREFIX}*")
+        self.stage.allow("s3:PutObject", requests, wildcard_reason=_KEYS_FROM_UPLOADS)
+        self.stage.allow("s3:DeleteObject", requests, wildcard_reason=_KEYS_FROM_UPLOADS)
         self.stage.allow("sagemaker:InvokeEndpointAsync", endpoint_arn)
 
 

@@ -83,9 +83,11 @@ def test_invoke_sd_has_exactly_the_permissions_it_needs_in_realtime_mode(synth_r
 
 
 def test_invoke_sd_stages_the_request_and_queues_it_in_async_mode(synth: Synth) -> None:
-    # InvokeEndpointAsync instead of InvokeEndpoint (never both), and a write to async/requests/ only.
+    # InvokeEndpointAsync instead of InvokeEndpoint (never both); writes under async/requests/ only (the
+    # request, and its removal when the endpoint refuses it for good).
     assert statements(synth, Handler.INVOKE_SD) == invoke_sd_common(synth) | {
         ("s3:PutObject", arn(synth, BucketRole.TRANSCRIPTS, "/async/requests/*")),
+        ("s3:DeleteObject", arn(synth, BucketRole.TRANSCRIPTS, "/async/requests/*")),
         (
             "sagemaker:InvokeEndpointAsync",
             f"arn:<AWS::Partition>:sagemaker:{REGION}:{ACCOUNT}:endpoint/speech-to-image-sd",
@@ -101,7 +103,9 @@ def test_async_result_has_exactly_the_permissions_it_needs(synth: Synth) -> None
         for folder in ("outputs", "failures")
     }
     assert statements(synth, Handler.ASYNC_RESULT) == expected | transcripts | {
-        # The staged request is removed once its result is recorded; never read.
+        # The staged request's context (invoke_sd writes it beside the request) names the upload and its
+        # prompt; both are removed once the result is recorded. Never written.
+        ("s3:GetObject", arn(synth, BucketRole.TRANSCRIPTS, "/async/requests/*")),
         ("s3:DeleteObject", arn(synth, BucketRole.TRANSCRIPTS, "/async/requests/*")),
         ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
         ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
@@ -138,15 +142,14 @@ def test_no_function_may_change_uploads_transcripts_or_the_model(synth: Synth) -
     for handler in handlers(synth):
         for action, resource in statements(synth, handler):
             if action in writes and resource.startswith("<Buckets"):
-                # Besides results: the trigger writes transcripts (with Transcribe), invoke_sd stages async
-                # requests, async_result cleans up async objects; nobody touches uploads or the model.
+                # Besides results: the trigger writes transcripts (with Transcribe), invoke_sd stages (and takes
+                # back) async requests, async_result cleans up async objects; nobody touches uploads or the model.
                 assert (
                     resource.startswith(arn(synth, BucketRole.OUTPUT, "/"))
                     or (handler is Handler.TRANSCRIBE_TRIGGER and action == "s3:PutObject")
                     or (
                         handler is Handler.INVOKE_SD
-                        and (action, resource)
-                        == ("s3:PutObject", arn(synth, BucketRole.TRANSCRIPTS, "/async/requests/*"))
+                        and resource == arn(synth, BucketRole.TRANSCRIPTS, "/async/requests/*")
                     )
                     or (
                         handler is Handler.ASYNC_RESULT
