@@ -109,6 +109,9 @@ class AsyncResultRecorder(Construct):
         # async_result reads it to write the image set, and removes both once the result is recorded.
         self.stage.allow("s3:GetObject", requests, wildcard_reason=_KEYS_FROM_UPLOADS)
         self.stage.allow("s3:DeleteObject", requests, wildcard_reason=_KEYS_FROM_UPLOADS)
+        # Without ListBucket S3 answers a missing object with 403, not 404: an expired output would be
+        # retried as a failure until it is dead-lettered, instead of ending as the upload's error record.
+        self.stage.allow("s3:ListBucket", transcripts.bucket_arn)
         output = buckets[BucketRole.OUTPUT]
         final = (output.arn_for_objects(f"{IMAGE_PREFIX}*"), output.arn_for_objects(f"{ERROR_PREFIX}*"))
         # One result per upload: an image set removes the key's error record and vice versa.

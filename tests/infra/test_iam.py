@@ -107,6 +107,8 @@ def test_async_result_has_exactly_the_permissions_it_needs(synth: Synth) -> None
         # prompt; both are removed once the result is recorded. Never written.
         ("s3:GetObject", arn(synth, BucketRole.TRANSCRIPTS, "/async/requests/*")),
         ("s3:DeleteObject", arn(synth, BucketRole.TRANSCRIPTS, "/async/requests/*")),
+        # A removed or expired output must read as 404 (an error record), not 403 (retried until dead-lettered).
+        ("s3:ListBucket", arn(synth, BucketRole.TRANSCRIPTS, "")),
         ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
         ("s3:PutObject", arn(synth, BucketRole.OUTPUT, "/errors/*")),
         ("s3:DeleteObject", arn(synth, BucketRole.OUTPUT, "/images/*")),
