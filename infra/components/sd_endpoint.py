@@ -146,7 +146,9 @@ class StableDiffusionEndpoint(Construct):
                 sagemaker.CfnEndpointConfig.ProductionVariantProperty(
                     variant_name=VARIANT_NAME,
                     model_name=model.attr_model_name,
-                    initial_instance_count=1,
+                    # Realtime runs min_instances, unscaled (1 by default). Async starts with at least one
+                    # (SageMaker refuses 0); its scaling policy takes it to min_instances once idle.
+                    initial_instance_count=max(1, config.min_instance_count),
                     initial_variant_weight=1.0,
                     instance_type=config.instance_type,
                     model_data_download_timeout_in_seconds=MODEL_DOWNLOAD_TIMEOUT_S,

@@ -53,6 +53,14 @@ def test_endpoint_config_is_asynchronous_with_s3_paths_and_both_topics(synth: Sy
     assert variant["InitialInstanceCount"] == 1, "SageMaker requires >= 1; scaling takes it to zero"
 
 
+def test_an_async_endpoint_with_a_warm_minimum_starts_with_it(make_synth) -> None:
+    warm = make_synth(minInstances="2", maxInstances="3")
+    (variant,) = only(warm, "AWS::SageMaker::EndpointConfig")["Properties"]["ProductionVariants"]
+    assert variant["InitialInstanceCount"] == 2
+    target = only(warm, "AWS::ApplicationAutoScaling::ScalableTarget")["Properties"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (2, 3)
+
+
 def test_execution_role_adds_exactly_the_async_statements(synth: Synth) -> None:
     topics = synth.infra.async_topics
     assert topics is not None

@@ -79,6 +79,14 @@ def test_endpoint_config_sizes_instance_and_timeouts_for_a_4_gb_model(synth: Syn
     assert other["InstanceType"] == "ml.g5.xlarge"
 
 
+def test_a_realtime_endpoint_runs_min_instances(make_synth) -> None:
+    two = make_synth(endpointMode="realtime", minInstances="2", maxInstances="2")
+    (variant,) = only(two, "AWS::SageMaker::EndpointConfig")["Properties"]["ProductionVariants"]
+    assert variant["InitialInstanceCount"] == 2
+    # No auto scaling in realtime mode: the count is what the endpoint config says.
+    assert two.endpoint_template.find_resources("AWS::ApplicationAutoScaling::ScalableTarget") == {}
+
+
 def test_endpoint_has_the_configured_name(synth: Synth, synth_variant: Synth) -> None:
     assert only(synth, "AWS::SageMaker::Endpoint")["Properties"]["EndpointName"] == "speech-to-image-sd"
     assert only(synth_variant, "AWS::SageMaker::Endpoint")["Properties"]["EndpointName"] == "My-SD-Endpoint"
