@@ -1,16 +1,20 @@
-"""Load test (not a unit test): many uploads, good and bad mixed, into local mode at once.
+"""Load test (not a unit test): many uploads, good and bad mixed, plus same-key races, into local mode at once.
 
-Every upload must end as exactly one final result in the output bucket: the image set
-(`images/<key>.png/.json/.html`) or an error record (`errors/<key>.json`). The report counts
-uploads, images, error records (by code), uploads with no result or with both, repeated
-generations (more than one endpoint call for an upload), events left in dead-letter queues,
-the time from the first upload until the pipeline is idle, and the peak memory of the whole
-local pipeline (this process and its handler, recogniser and model processes).
+Every key must end as exactly one final result in the output bucket, and it must be the result of the
+key's LAST upload: the image set (`images/<key>.png/.json/.html`, whose metadata names the upload's
+version as `source.upload_id`) or an error record (`errors/<key>.json`, which the ledger item of the key
+ties to the upload). Races upload A, B and A's bytes again under one key, back to back. The report
+counts keys, images, error records (by code), keys with no result or with both, keys whose result is not
+their last upload's, duplicated generations (more than one successful endpoint call for one upload,
+i.e. one Transcribe job), events left in dead-letter queues, the time from the first upload until the
+pipeline is idle, the peak concurrent invocations per handler, and the peak memory of the whole local
+pipeline (this process and its handler, recogniser and model processes).
 
-    python benchmarks/load_local.py                 # 100 uploads, tiny model at 64x64, 2 steps
-    python benchmarks/load_local.py --uploads 300 --json
+    python benchmarks/load_local.py                 # 100 uploads + 20 races, tiny model at 64x64, 2 steps
+    python benchmarks/load_local.py --burst 1000    # 1,000 small recordings at once: does the backlog drain?
+    python benchmarks/load_local.py --uploads 300 --races 50 --json
 
-Exit status 0 when every upload is accounted for exactly once, 1 otherwise.
+Exit status 0 when every key is accounted for exactly once by its last upload's result, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -80,8 +84,24 @@ class PeakMemory:
         self.sample()
 
 
-def account(runtime: Any, keys: list[str]) -> dict[str, Any]:
-    """Which final result each upload has in the output bucket, and what is wrong where it is not exactly one."""
+def last_upload_holds(runtime: Any, s3: Any, key: str, has_image: bool, last_version: str) -> bool:
+    """True when the key's result belongs to its last upload (metadata `source.upload_id`, or the ledger's item)."""
+    from infra.pipeline import IMAGE_PREFIX, BucketRole
+
+    if has_image:
+        body = s3.get_object(Bucket=runtime.bucket_names[BucketRole.OUTPUT], Key=f"{IMAGE_PREFIX}{key}.json")["Body"]
+        return json.loads(body.read()).get("source", {}).get("upload_id") == last_version
+    # Error records name the key, not the upload: the ledger says which upload the committed record is for.
+    item = runtime.ledger_item(key) or {}
+    return (
+        item.get("upload_id", {}).get("S") == last_version
+        and item.get("stage", {}).get("S") == "failed"
+        and item.get("result", {}).get("M", {}).get("kind", {}).get("S") == "error"
+    )
+
+
+def account(runtime: Any, keys: list[str], last_versions: dict[str, str]) -> dict[str, Any]:
+    """Which final result each key has in the output bucket, and what is wrong where it is not exactly one."""
     from infra.pipeline import ERROR_PREFIX, IMAGE_PREFIX, BucketRole, Handler
 
     s3 = runtime.aws.client("s3")
@@ -89,7 +109,7 @@ def account(runtime: Any, keys: list[str]) -> dict[str, Any]:
     stored: set[str] = set()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         stored.update(item["Key"] for item in page.get("Contents", []))
-    images, errors, missing, both, incomplete = [], [], [], [], []
+    images, errors, missing, both, incomplete, not_last = [], [], [], [], [], []
     codes: Counter[str] = Counter()
     for key in keys:
         image_set = [f"{IMAGE_PREFIX}{key}{suffix}" in stored for suffix in (".png", ".json", ".html")]
@@ -107,60 +127,95 @@ def account(runtime: Any, keys: list[str]) -> dict[str, Any]:
             codes[f"{record.get('stage')}/{record.get('error')}"] += 1
         else:
             missing.append(key)
-    repeated = {
-        key: len(runtime.traces.get(key).endpoint_calls)
-        for key in keys
-        if len(runtime.traces.get(key).endpoint_calls) > 1
-    }
+        if (has_image or has_error) and not last_upload_holds(runtime, s3, key, has_image, last_versions[key]):
+            not_last.append(key)
+    duplicated = {job: count for job, count in runtime.generations.items() if count > 1}
+    accounted = len(images) + len(errors)
     return {
-        "uploads": len(keys),
+        "keys": len(keys),
         "images": len(images),
         "error_records": len(errors),
         "error_codes": dict(sorted(codes.items())),
-        "accounted": len(images) + len(errors),
+        "accounted": accounted,
+        "last_upload_result_pct": round(100 * (accounted - len(not_last)) / max(1, len(keys)), 2),
+        "not_last_upload": not_last,
         "missing": missing,
         "both_image_and_error": both,
         "incomplete_image_sets": incomplete,
-        "repeated_generations": repeated,
+        "generations": sum(runtime.generations.values()),
+        "duplicated_generations": duplicated,
         "dead_letters": {handler.value: runtime.dead_letters(handler) for handler in Handler},
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the load test and print its report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--uploads", type=int, default=100, help="how many uploads (default 100)")
-    parser.add_argument("--size", type=int, default=64, help="image size for the tiny model (default 64)")
-    parser.add_argument("--steps", type=int, default=2, help="denoising steps (default 2)")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the pipeline to drain")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args(argv)
-
-    from local.runtime import LocalRuntime, load_config, local_config, tiny_model
-
-    model = tiny_model()
-    config = local_config(load_config(), model, size=args.size, steps=args.steps)
+def plan(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The uploads, in order: the mix (or the burst), then the races (A, B, A's bytes again per key)."""
+    if args.burst:
+        # The shortest clear recording, under 1,000 keys: every upload is transcribed and generated.
+        small = AUDIO / "dog-on-the-beach.ogg"
+        return [(f"burst/{index:04d}/{small.name}", small) for index in range(args.burst)]
     kinds = mix()
     # Unique keys under a prefix, cycling through the kinds; fixture names bring spaces and unicode.
     uploads = [
         (f"load/{index:03d}/{kinds[index % len(kinds)].name}", kinds[index % len(kinds)])
         for index in range(args.uploads)
     ]
+    return uploads
+
+
+def race(runtime: Any, key: str) -> None:
+    """A, B, then A's bytes again under one key, back to back: the third upload must win."""
+    for name in ("red-apple.mp3", "castle at sunset.mp3", "red-apple.mp3"):
+        runtime.upload(AUDIO / name, key=key)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the load test and print its report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--uploads", type=int, default=100, help="how many single uploads (default 100)")
+    parser.add_argument("--races", type=int, default=20, help="how many same-key races A, B, A again (default 20)")
+    parser.add_argument("--burst", type=int, default=0, help="instead: this many small recordings at once")
+    parser.add_argument("--size", type=int, default=64, help="image size for the tiny model (default 64)")
+    parser.add_argument("--steps", type=int, default=2, help="denoising steps (default 2)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the pipeline to drain")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    if args.burst:
+        args.races = 0
+
+    from local.runtime import LocalRuntime, load_config, local_config, tiny_model
+
+    model = tiny_model()
+    config = local_config(load_config(), model, size=args.size, steps=args.steps)
+    uploads = plan(args)
+    race_keys = [f"race/{index:02d}/same name.mp3" for index in range(args.races)]
     with PeakMemory() as memory, LocalRuntime(config, model) as runtime:
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda item: runtime.upload(item[1], key=item[0]), uploads))
+            singles = pool.map(lambda item: runtime.upload(item[1], key=item[0]), uploads)
+            races = pool.map(lambda key: race(runtime, key), race_keys)
+            list(singles), list(races)
         uploaded_s = time.perf_counter() - started
         drained = runtime.wait_until_idle(args.timeout)
         drain_s = time.perf_counter() - started
-        report = account(runtime, [key for key, _ in uploads])
+        keys = [key for key, _ in uploads] + race_keys
+        last_versions = {key: runtime.traces.get(key).version_id for key in keys}
+        report = account(runtime, keys, last_versions)
+        assert runtime.dispatcher is not None
+        peak_concurrency = {handler.value: count for handler, count in runtime.dispatcher.concurrency.peak.items()}
+        environments = {handler.value: len(pool.all()) for handler, pool in runtime.pools.items()}
+    total_uploads = len(uploads) + 3 * len(race_keys)
     report.update(
         {
-            "kinds": len(kinds),
+            "uploads": total_uploads,
+            "races": len(race_keys),
+            "burst": args.burst,
             "upload_s": round(uploaded_s, 2),
             "drained": drained,
             "time_to_drain_s": round(drain_s, 2),
-            "uploads_per_minute": round(60 * args.uploads / drain_s, 1),
+            "uploads_per_minute": round(60 * total_uploads / drain_s, 1),
+            "peak_concurrency": peak_concurrency,
+            "execution_environments": environments,
             "peak_memory_mib": round(memory.peak_bytes / 2**20),
             "image_size": args.size,
             "steps": args.steps,
@@ -169,26 +224,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     ok = (
         drained
-        and report["accounted"] == report["uploads"]
+        and report["accounted"] == report["keys"]
+        and not report["not_last_upload"]
         and not report["both_image_and_error"]
         and not report["incomplete_image_sets"]
-        and not report["repeated_generations"]
+        and not report["duplicated_generations"]
     )
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
-        print(f"uploads              {report['uploads']} ({report['kinds']} kinds, uploaded in {report['upload_s']} s)")
+        print(
+            f"uploads              {report['uploads']} ({len(uploads)} single, {report['races']} races of 3; "
+            f"uploaded in {report['upload_s']} s)"
+        )
+        print(f"keys                 {report['keys']}")
         print(f"images               {report['images']}")
         print(f"error records        {report['error_records']}  {report['error_codes']}")
-        print(f"accounted for        {report['accounted']}/{report['uploads']}")
+        print(f"accounted for        {report['accounted']}/{report['keys']}")
+        print(f"last upload's result {report['last_upload_result_pct']}%  {report['not_last_upload'][:5]}")
         print(f"missing              {len(report['missing'])} {report['missing'][:5]}")
         print(f"image and error      {len(report['both_image_and_error'])}")
         print(f"incomplete images    {len(report['incomplete_image_sets'])}")
-        print(f"repeated generations {len(report['repeated_generations'])}")
+        print(f"generations          {report['generations']} ({len(report['duplicated_generations'])} duplicated)")
         print(f"dead letters         {report['dead_letters']}")
         print(f"time to drain        {report['time_to_drain_s']} s ({report['uploads_per_minute']} uploads/min)")
+        print(f"peak concurrency     {report['peak_concurrency']} (environments {report['execution_environments']})")
         print(f"peak memory          {report['peak_memory_mib']} MiB (local pipeline, all processes)")
-        print("OK: every upload ended exactly once" if ok else "FAILED: see above")
+        print("OK: every key ended exactly once, with its last upload's result" if ok else "FAILED: see above")
     return 0 if ok else 1
 
 

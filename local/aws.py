@@ -1,11 +1,14 @@
-"""Embedded AWS for local mode: moto's S3, SQS, EventBridge and Transcribe in this process, wired like InfraStack.
+"""Embedded AWS for local mode: moto's S3, SQS, EventBridge, Transcribe and DynamoDB in this process, wired like
+InfraStack.
 
 The buckets are the roles of `infra.pipeline.BucketRole`, the notifications are built from
 `infra.pipeline.routes(config)` and the EventBridge rules from `infra.pipeline.event_routes(config)`,
-the same definitions the CDK stack uses. S3 -> Lambda and EventBridge -> Lambda need Docker in moto,
-so each route delivers to an SQS queue instead and `local.dispatcher` invokes the route's handler
-from there with the event that was delivered. Each handler also has a dead-letter queue, where the
-dispatcher puts an event after the retries, in the record shape Lambda's on-failure destination uses.
+the same definitions the CDK stack uses. Each S3 route notifies its SQS queue, as on AWS, with a redrive
+policy to the handler's dead-letter queue after `route.queue.max_receive_count` receives; `local.dispatcher`
+plays the event source mapping. EventBridge -> Lambda needs Docker in moto, so each event route targets a
+queue instead and the dispatcher invokes the handler asynchronously from there; after the retries it puts
+the event in the handler's dead-letter queue in the record shape of Lambda's on-failure destination. The
+upload ledger is a moto DynamoDB table with InfraStack's schema (`infra.pipeline` LEDGER_* constants).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -23,7 +27,19 @@ import boto3
 from botocore.config import Config
 
 from infra.config import PipelineConfig
-from infra.pipeline import VERSIONED_BUCKETS, BucketRole, EventRoute, Handler, Route, event_routes, routes
+from infra.pipeline import (
+    LEDGER_PARTITION_KEY,
+    LEDGER_PENDING,
+    LEDGER_PENDING_INDEX,
+    LEDGER_UPDATED_AT,
+    VERSIONED_BUCKETS,
+    BucketRole,
+    EventRoute,
+    Handler,
+    Route,
+    event_routes,
+    routes,
+)
 from local.faults import Faults
 
 # Obviously fake credentials: local mode must never be able to reach a real account.
@@ -37,8 +53,11 @@ LOCAL_ACCOUNT = "000000000000"
 LOCAL_REGION = "us-east-1"
 # S3 sends this event type for every route (what the CDK's addEventNotification(OBJECT_CREATED) uses).
 OBJECT_CREATED = "s3:ObjectCreated:*"
-# Long enough that a message is never redelivered while its handler still runs (Lambda's max is 900 s).
+# Long enough that a message is never redelivered while its handler still runs (Lambda's max is 900 s);
+# a message whose processing failed is made visible again sooner by the dispatcher (local.dispatcher).
 QUEUE_VISIBILITY_TIMEOUT_S = 960
+# The ledger's local physical name (on AWS the table's name is generated and reaches the handlers the same way).
+LEDGER_TABLE = "s2i-local-ledger"
 
 _active_lock = threading.Lock()
 _active: EmbeddedAws | None = None
@@ -131,6 +150,7 @@ class EmbeddedAws:
         self.bucket_names: dict[BucketRole, str] = {role: bucket_name(role) for role in BucketRole}
         self.queues: list[QueueBinding] = []
         self.dead_letter_queues: dict[Handler, str] = {}
+        self.ledger_table = LEDGER_TABLE
         self.endpoint_url = ""
         self._server: Any = None
         self._env: Any = None
@@ -178,6 +198,7 @@ class EmbeddedAws:
 
             self._reset_backends()
             self._patch_s3()
+            self._patch_sqs()
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             self._server.start()
             host, port = self._server.get_host_and_port()
@@ -229,7 +250,7 @@ class EmbeddedAws:
     def _reset_backends(self) -> None:
         from moto.backends import get_backend
 
-        for service in ("s3", "sqs", "transcribe", "events"):
+        for service in ("s3", "sqs", "transcribe", "events", "dynamodb"):
             backends = get_backend(service)  # type: ignore[call-overload]
             if self.account in backends:
                 backends[self.account].reset()
@@ -245,16 +266,24 @@ class EmbeddedAws:
                 s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": self.region})
             if role in VERSIONED_BUCKETS:
                 s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        create_ledger_table(self.client("dynamodb"), self.ledger_table)
 
-        def create_queue(name: str) -> tuple[str, str]:
-            url = sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": str(QUEUE_VISIBILITY_TIMEOUT_S)})[
-                "QueueUrl"
-            ]
+        def create_queue(name: str, attributes: dict[str, str] | None = None) -> tuple[str, str]:
+            attributes = {"VisibilityTimeout": str(QUEUE_VISIBILITY_TIMEOUT_S), **(attributes or {})}
+            url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
             return url, sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 
+        dead_letter_arns: dict[Handler, str] = {}
+        for handler in Handler:
+            self.dead_letter_queues[handler], dead_letter_arns[handler] = create_queue(dead_letter_queue_name(handler))
         by_bucket: dict[BucketRole, list[dict[str, Any]]] = {}
         for route in routes(self.config):
-            url, arn = create_queue(queue_name(route.handler))
+            # As InfraStack's queues: SQS itself moves a message to the dead-letter queue after the last receive.
+            redrive = {
+                "deadLetterTargetArn": dead_letter_arns[route.handler],
+                "maxReceiveCount": route.queue.max_receive_count,
+            }
+            url, arn = create_queue(queue_name(route.handler), {"RedrivePolicy": json.dumps(redrive)})
             self.queues.append(QueueBinding(route=route, url=url, arn=arn))
             by_bucket.setdefault(route.bucket, []).extend(notification_configurations(route, arn))
         for role, configurations in by_bucket.items():
@@ -269,8 +298,6 @@ class EmbeddedAws:
             rule = f"s2i-local-{event_route.name}"
             events.put_rule(Name=rule, EventPattern=json.dumps(event_route.pattern), State="ENABLED")
             events.put_targets(Rule=rule, Targets=[{"Id": event_route.handler.value, "Arn": arn}])
-        for handler in Handler:
-            self.dead_letter_queues[handler] = create_queue(dead_letter_queue_name(handler))[0]
 
     def _patch_s3(self) -> None:
         """Complete moto's S3 events and let injected faults fail writes (undone by `stop`)."""
@@ -281,9 +308,16 @@ class EmbeddedAws:
         sequence = iter(range(1, 1 << 62))
 
         def s3_event(event_name: str, bucket: Any, key: Any, notification_id: str) -> dict[str, Any]:
-            """moto's event plus what S3 also sends: the versionId (versioned buckets) and a sequencer."""
+            """moto's event plus what S3 also sends: versionId (versioned buckets), sequencer, identities."""
             event = original_event(event_name, bucket, key, notification_id)
-            obj = event["Records"][0]["s3"]["object"]
+            record = event["Records"][0]
+            record.setdefault("userIdentity", {"principalId": "AWS:LOCALMODE"})
+            record.setdefault("requestParameters", {"sourceIPAddress": "127.0.0.1"})
+            record.setdefault(
+                "responseElements", {"x-amz-request-id": uuid.uuid4().hex[:16].upper(), "x-amz-id-2": uuid.uuid4().hex}
+            )
+            record["s3"].setdefault("bucket", {}).setdefault("ownerIdentity", {"principalId": "LOCALMODE"})
+            obj = record["s3"]["object"]
             version = getattr(key, "version_id", None)
             if getattr(bucket, "is_versioned", False) and version and version != "null":
                 obj["versionId"] = version
@@ -306,6 +340,44 @@ class EmbeddedAws:
         backend.put_object = put_object
         self._unpatch.append(lambda: backend.__dict__.pop("put_object", None))
 
+    def _patch_sqs(self) -> None:
+        """Make moto's queue operations atomic per queue (undone by `stop`).
+
+        moto 5.2 rebuilds a queue's message list in DeleteMessage without its lock: two deletes at once
+        brought a deleted message back (to be delivered again 16 minutes later), and a delete beside a
+        SendMessage could drop the new message. SQS never does either; with several pollers per queue
+        (max_concurrency) local mode would, so receive, delete and visibility changes hold the queue's lock
+        (a long poll releases it while it waits).
+        """
+        from moto.sqs.models import Queue, SQSBackend
+
+        originals = {
+            (Queue, "delete_message"): Queue.delete_message,
+            (SQSBackend, "receive_message"): SQSBackend.receive_message,
+            (SQSBackend, "change_message_visibility"): SQSBackend.change_message_visibility,
+        }
+
+        def delete_message(queue: Any, receipt_handle: str) -> None:
+            """DeleteMessage, atomic with the queue's other changes."""
+            with queue._messages_lock:
+                originals[(Queue, "delete_message")](queue, receipt_handle)
+
+        def backend_call(name: str) -> Any:
+            original = originals[(SQSBackend, name)]
+
+            def call(backend: Any, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+                """The backend operation under the queue's lock."""
+                with backend.get_queue(queue_name)._messages_lock:
+                    return original(backend, queue_name, *args, **kwargs)
+
+            return call
+
+        Queue.delete_message = delete_message  # type: ignore[method-assign]
+        SQSBackend.receive_message = backend_call("receive_message")  # type: ignore[method-assign]
+        SQSBackend.change_message_visibility = backend_call("change_message_visibility")  # type: ignore[method-assign]
+        for (owner, name), original in originals.items():
+            self._unpatch.append(lambda owner=owner, name=name, original=original: setattr(owner, name, original))
+
     def handler_for_queue_arn(self, arn: str) -> Handler:
         """The handler whose route delivers to the queue with this ARN."""
         for binding in self.queues:
@@ -316,3 +388,26 @@ class EmbeddedAws:
     def queue_for(self, handler: Handler) -> QueueBinding:
         """The queue through which events reach `handler`."""
         return next(binding for binding in self.queues if binding.handler is handler)
+
+
+def create_ledger_table(dynamodb: Any, table: str) -> None:
+    """The upload ledger as InfraStack defines it: the key, and the sparse index of in-flight uploads by age."""
+    dynamodb.create_table(
+        TableName=table,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": name, "AttributeType": "S"}
+            for name in (LEDGER_PARTITION_KEY, LEDGER_PENDING, LEDGER_UPDATED_AT)
+        ],
+        KeySchema=[{"AttributeName": LEDGER_PARTITION_KEY, "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": LEDGER_PENDING_INDEX,
+                "KeySchema": [
+                    {"AttributeName": LEDGER_PENDING, "KeyType": "HASH"},
+                    {"AttributeName": LEDGER_UPDATED_AT, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    )

@@ -337,8 +337,8 @@ def _report(
         print(f"\n{report['name']}: {report['status']}", file=stdout)
         if report.get("repeat"):
             print(
-                f"  {report['name']}: the same content was processed before; the pipeline skipped it "
-                "(idempotent job names) and these are the earlier results",
+                f"  {report['name']}: this upload's event arrived again; the upload ledger recognised the repeat "
+                "and these are the upload's own results",
                 file=stdout,
             )
         if report.get("transcript") is not None:

@@ -25,7 +25,9 @@ from urllib.parse import unquote
 from local.faults import Faults
 from local.tracking import EndpointCall
 
-INVOCATIONS_PATH = re.compile(r"^/endpoints/([^/]+)/invocations$")
+# Each handler process reaches the endpoint under its own path prefix (`/_caller/<id>`, in its
+# AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME): local mode tells which invocation, and so which upload, a call is for.
+INVOCATIONS_PATH = re.compile(r"^(?:/_caller/([^/]+))?/endpoints/([^/]+)/invocations$")
 # SageMaker real-time inference limits: 6 MB payloads, 60 s per invocation.
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 REALTIME_LIMIT_S = 60.0
@@ -118,7 +120,9 @@ class SageMakerRuntimeServer:
         """Where SageMaker would have logged (its ModelError points there)."""
         return f"arn:aws:logs:{self.region}:{self.account}:log-group:/aws/sagemaker/Endpoints/{self.endpoint_name}"
 
-    def invoke(self, name: str, body: bytes, content_type: str, accept: str) -> tuple[int, dict[str, str], bytes]:
+    def invoke(
+        self, name: str, body: bytes, content_type: str, accept: str, caller: str = ""
+    ) -> tuple[int, dict[str, str], bytes]:
         """Answer one InvokeEndpoint request: status, headers and body, as SageMaker sends them."""
         self._loaded.wait()
         if name != self.endpoint_name or self.model is None:
@@ -128,7 +132,7 @@ class SageMakerRuntimeServer:
         fault = self.faults.take("endpoint")
         if fault is not None and fault.kind == "unavailable":
             return _error(503, "ServiceUnavailable", "The service is unavailable (a fault injected by local mode).")
-        call = EndpointCall(endpoint_name=name, received_at=time.time())
+        call = EndpointCall(endpoint_name=name, received_at=time.time(), caller=caller)
         if self._on_received is not None:
             self._on_received(call, _summary(body, content_type))
         result = self._run_model(body, content_type, accept, fault)
@@ -234,7 +238,8 @@ class _InvocationHandler(BaseHTTPRequestHandler):
         content_type = self.headers.get("Content-Type") or "application/json"
         accept = self.headers.get("Accept") or "application/json"
         try:
-            self._send(*self.runtime.invoke(unquote(match.group(1)), body, content_type, accept))
+            caller = unquote(match.group(1) or "")
+            self._send(*self.runtime.invoke(unquote(match.group(2)), body, content_type, accept, caller))
         except Exception as error:
             self._send(*_error(500, "InternalFailure", f"local endpoint failed: {type(error).__name__}: {error}"))
 

@@ -1,8 +1,10 @@
 """Local Lambda functions: each handler runs warm in its own child process with exactly its environment.
 
-A separate process per function is what Lambda gives each function: its own `os.environ`, its own
-module state (lazily created clients and settings are not shared between handlers or with local mode)
-and a crash that cannot take the pipeline down. Invocations are serial per function.
+A separate process per execution environment is what Lambda gives each function: its own `os.environ`, its
+own module state (lazily created clients and settings are not shared between handlers or with local mode)
+and a crash that cannot take the pipeline down. One process runs one invocation at a time, as one Lambda
+execution environment does; a `FunctionPool` holds a function's environments, so a route with
+`max_concurrency` N runs up to N invocations at once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -68,6 +71,8 @@ class LocalFunction:
     region: str
     timeout_s: float = DEFAULT_TIMEOUT_S
     memory_mb: int = DEFAULT_MEMORY_MB
+    # Which execution environment of the function this is (0: the one started with local mode).
+    instance: int = 0
     init_s: float = 0.0
     _process: subprocess.Popen[str] | None = field(default=None, repr=False)
     _replies: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue, repr=False)
@@ -96,7 +101,7 @@ class LocalFunction:
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
-            "AWS_LAMBDA_LOG_STREAM_NAME": f"local/{uuid.uuid4().hex}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": f"local/{self.instance}/{uuid.uuid4().hex}",
             "LAMBDA_TASK_ROOT": str(self.lambdas_dir),
             "LOCAL_LAMBDA_FUNCTION_ARN": self.arn,
             "AWS_REGION": self.region,
@@ -263,3 +268,54 @@ class LocalFunction:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(timeout=5)
+
+
+class FunctionPool:
+    """The execution environments of one function, one per concurrent invocation.
+
+    The first starts with local mode (so a handler that cannot load fails the start); the others start
+    when concurrent invocations first need them, as Lambda scales a function up, cold start included.
+    """
+
+    def __init__(self, make: Callable[[int], LocalFunction]) -> None:
+        """`make(index)` builds the (unstarted) environment number `index`."""
+        self._make = make
+        self._lock = threading.Lock()
+        self._instances: dict[int, LocalFunction] = {}
+
+    def start(self) -> LocalFunction:
+        """Start the first environment; `wait_ready` on it is the caller's."""
+        function = self._make(0)
+        function.start()
+        with self._lock:
+            self._instances[0] = function
+        return function
+
+    @property
+    def primary(self) -> LocalFunction:
+        """The first environment: its name, ARN and environment are the function's."""
+        return self._instances[0]
+
+    def instance(self, index: int) -> LocalFunction:
+        """Environment `index`, started now if it never ran (each index is used by one poller only)."""
+        with self._lock:
+            function = self._instances.get(index)
+        if function is None:
+            function = self._make(index)
+            function.start()
+            function.wait_ready()
+            with self._lock:
+                self._instances[index] = function
+        return function
+
+    def all(self) -> list[LocalFunction]:
+        """Every environment started so far."""
+        with self._lock:
+            return list(self._instances.values())
+
+    def stop(self) -> None:
+        """Stop every environment."""
+        for function in self.all():
+            function.stop()
+        with self._lock:
+            self._instances.clear()

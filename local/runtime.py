@@ -5,13 +5,16 @@
         runtime.wait_until_idle(timeout_s=300)
         result = runtime.collect("astronaut-riding-a-horse.mp3")
 
-The wiring comes from `infra.pipeline` (routes and `handler_environment`) and the configuration from
-cdk.json's context (`PipelineConfig.from_context`), like the CDK app: local mode swaps endpoints, not
-handlers.
+The wiring comes from `infra.pipeline` (routes, queue settings, the ledger and `handler_environment`) and
+the configuration from cdk.json's context (`PipelineConfig.from_context`), like the CDK app: local mode
+swaps endpoints, not handlers. This module is the life cycle; `local.settings` has the configuration,
+`local.results` reads what an upload ended as, `local.dispatcher` plays the event sources.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import mimetypes
@@ -19,128 +22,38 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus
 
-from infra.config import ConfigError, PipelineConfig
-from infra.pipeline import ERROR_PREFIX, IMAGE_PREFIX, BucketRole, Handler, handler_environment
+from infra.pipeline import LEDGER_PARTITION_KEY, BucketRole, Handler, handler_environment
 from local.aws import FAKE_CREDENTIALS, EmbeddedAws, LocalModeError, with_local_environment
-from local.dispatcher import DEFAULT_MAX_RETRIES, Dispatcher
-from local.endpoint import REALTIME_LIMIT_S, SageMakerRuntimeServer
+from local.dispatcher import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY_S, Dispatcher
+from local.endpoint import SageMakerRuntimeServer
 from local.faults import Faults
-from local.functions import Invocation, LocalFunction
-from local.tracking import Activity, EndpointCall, Progress, ProgressListener, Trace, Traces
-from local.transcribe_engine import JobRecord, TranscribeEngine
+from local.functions import FunctionPool, Invocation, LocalFunction
+from local.observer import PipelineObserver
+from local.replay import replay_dead_letters
+from local.results import ResultReader, UploadResult
+from local.schedule import Timer, scheduled_event
+from local.settings import (
+    CDK_JSON,
+    LAMBDAS_DIR,
+    REPO_ROOT,
+    ModelChoice,
+    load_config,
+    local_config,
+    model_folder,
+    tiny_model,
+)
+from local.tracking import Activity, Progress, ProgressListener, Trace, Traces
+from local.transcribe_engine import TranscribeEngine
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-LAMBDAS_DIR = REPO_ROOT / "lambdas"
-CDK_JSON = REPO_ROOT / "cdk.json"
-# The tiny test model draws noise at any size: keep it small and quick, and say so.
-TINY_IMAGE_SIZE = 128
-TINY_STEPS = 4
-# Files every diffusers Stable Diffusion v1.x folder has.
-
-
-def load_config(cdk_json: Path = CDK_JSON, *, image_overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """The CDK app's configuration, built from cdk.json's "context" exactly as infra/app.py does.
-
-    `image_overrides` replace keys of the "imageParameters" context, so they are checked by the same rules.
-    """
-    try:
-        context = dict(json.loads(cdk_json.read_text(encoding="utf-8")).get("context", {}))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"cannot read the CDK context from {cdk_json}: {error}") from None
-    if image_overrides:
-        context["imageParameters"] = {**(context.get("imageParameters") or {}), **image_overrides}
-    return PipelineConfig.from_context(context.get)
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """The Stable Diffusion folder the local endpoint serves."""
-
-    path: Path
-    tiny: bool
-
-
-def tiny_model() -> ModelChoice:
-    """The tiny random-weight test model (built once into .cache/tiny-sd)."""
-    from sd_tools.tiny_model import ensure_tiny_model
-
-    return ModelChoice(path=ensure_tiny_model(), tiny=True)
-
-
-def model_folder(path: Path) -> ModelChoice:
-    """A real diffusers SD v1.x folder; `ValueError` says what is missing."""
-    from sd_tools.package_model import PackagingError, validate_model_dir
-
-    path = Path(path).expanduser()
-    # The same check `make upload-model` applies: what passes here also deploys.
-    try:
-        validate_model_dir(path)
-    except PackagingError as error:
-        raise ValueError(
-            f"--model-dir: {error} (e.g. `huggingface-cli download CompVis/stable-diffusion-v1-4 --local-dir DIR`)"
-        ) from None
-    return ModelChoice(path=path.resolve(), tiny=False)
-
-
-def local_config(
-    config: PipelineConfig, model: ModelChoice, *, size: int | None = None, steps: int | None = None
-) -> PipelineConfig:
-    """The configuration local mode runs with: image parameters made small for the tiny model or as asked."""
-    image = config.image
-    if model.tiny:
-        image = replace(image, height=TINY_IMAGE_SIZE, width=TINY_IMAGE_SIZE, num_inference_steps=TINY_STEPS)
-    if size is not None:
-        image = replace(image, height=size, width=size)
-    if steps is not None:
-        image = replace(image, num_inference_steps=steps)
-    return replace(config, image=image)
-
-
-@dataclass(frozen=True)
-class InvocationRecord:
-    """One handler invocation seen for an upload, with the event it was given."""
-
-    handler: str
-    invocation: Invocation
-    final: bool
-    event: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def outcomes(self) -> list[str]:
-        """The per-record outcomes the handler returned (e.g. "started", "duplicate", "superseded")."""
-        results = (self.invocation.result or {}).get("results", []) if self.invocation.ok else []
-        return [str(item.get("outcome")) for item in results if isinstance(item, dict)]
-
-
-@dataclass
-class UploadResult:
-    """The final result of one upload: an image set or an error record, with a timing breakdown."""
-
-    key: str
-    status: str  # "image" or "error"
-    transcript: str | None = None
-    metadata: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    # Where the error came from: the output bucket (a handler wrote it) or local mode's own report.
-    error_origin: str = ""
-    png: bytes | None = None
-    html: bytes | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    job: JobRecord | None = None
-    handler_errors: list[str] = field(default_factory=list)
-    # Set when the pipeline recognised the upload as a repeat (same key and content) and skipped it.
-    repeat: bool = False
-    # Set when the output bucket holds both an image set and an error record for the key.
-    conflict: bool = False
+# On AWS the sweeper runs every SWEEP_INTERVAL_MINUTES (infra.pipeline); locally a minute keeps a run lively.
+DEFAULT_SWEEP_INTERVAL_S = 60.0
 
 
 class LocalRuntime:
@@ -148,12 +61,14 @@ class LocalRuntime:
 
     def __init__(
         self,
-        config: PipelineConfig,
+        config: Any,
         model: ModelChoice | None,
         *,
         lambdas_dir: Path = LAMBDAS_DIR,
         log_dir: Path | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_delay_s: int = DEFAULT_RETRY_DELAY_S,
+        sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
         transcriber_factory: Callable[[], Any] | None = None,
     ) -> None:
         config = with_local_environment(config)
@@ -161,6 +76,9 @@ class LocalRuntime:
         self.model = model
         self.lambdas_dir = Path(lambdas_dir)
         self.max_retries = max_retries
+        self.retry_delay_s = retry_delay_s
+        # None: no timer, the sweeper runs only when `sweep()` is called.
+        self.sweep_interval_s = sweep_interval_s
         self.activity = Activity()
         self.traces = Traces()
         self.faults = Faults()
@@ -168,14 +86,17 @@ class LocalRuntime:
         self.engine = TranscribeEngine(
             self.aws, self.activity, transcriber_factory or self._remote_transcriber, self._emit
         )
+        self.observer = PipelineObserver(self.aws, self.engine, self.traces, self._emit)
         self.endpoint = SageMakerRuntimeServer(
             config.endpoint_name,
             self.aws.account,
             self.aws.region,
-            on_call=self._endpoint_finished,
-            on_received=self._endpoint_received,
+            on_call=self.observer.endpoint_finished,
+            on_received=self.observer.endpoint_received,
             faults=self.faults,
         )
+        self.pools: dict[Handler, FunctionPool] = {}
+        # The first execution environment of each function: its name, ARN and environment are the function's.
         self.functions: dict[Handler, LocalFunction] = {}
         self.dispatcher: Dispatcher | None = None
         self.startup_s = 0.0
@@ -183,10 +104,12 @@ class LocalRuntime:
         self._tmp_logs: tempfile.TemporaryDirectory[str] | None = None
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self._listeners: list[ProgressListener] = []
-        self._current: dict[Handler, str] = {}
         self._s3: Any = None
         self._sqs: Any = None
+        self._dynamodb: Any = None
+        self._reader: ResultReader | None = None
         self._torch_threads: int | None = None
+        self._sweeper: Timer | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -201,20 +124,12 @@ class LocalRuntime:
             self.aws.start()
             self._s3 = self.aws.client("s3")
             self._sqs = self.aws.client("sqs")
+            self._reader = ResultReader(self)
             self.endpoint.start()
-            runtime_environment = self._runtime_environment()
             for handler in Handler:
-                function = LocalFunction(
-                    handler=handler,
-                    environment=handler_environment(handler, self.config, self.aws.bucket_names),
-                    runtime_environment=runtime_environment,
-                    lambdas_dir=self.lambdas_dir,
-                    log_path=self.log_dir / f"{handler.value}.log",
-                    account=self.aws.account,
-                    region=self.aws.region,
-                )
-                function.start()
-                self.functions[handler] = function
+                pool = FunctionPool(functools.partial(self._make_function, handler))
+                self.pools[handler] = pool
+                self.functions[handler] = pool.start()
             if self.model is not None:
                 what = "the tiny random-weight test model" if self.model.tiny else str(self.model.path)
                 self._emit(
@@ -233,8 +148,12 @@ class LocalRuntime:
                 loader.join()
             if errors:
                 raise errors[0]
-            self.dispatcher = Dispatcher(self.aws, self.functions, self.activity, self, self.max_retries)
+            self.dispatcher = Dispatcher(
+                self.aws, self.pools, self.activity, self.observer, self.max_retries, self.retry_delay_s
+            )
             self.dispatcher.start()
+            if self.sweep_interval_s:
+                self._sweeper = Timer(self.sweep_interval_s, self.sweep, name="local-sweeper")
         except BaseException:
             # Let the loaders finish first: whatever they load (a model, the recogniser's process) stop() releases.
             for loader in loaders:
@@ -256,15 +175,20 @@ class LocalRuntime:
     def stop(self) -> None:
         """Stop everything, in reverse order; safe to call twice or after a failed start."""
         self.started = False
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
         self.engine.stop()
-        for function in self.functions.values():
-            function.stop()
+        for pool in self.pools.values():
+            pool.stop()
+        self.pools.clear()
         self.functions.clear()
         self.endpoint.stop()
         self.aws.stop()
+        self._dynamodb = None
         if self._torch_threads is not None:
             import torch
 
@@ -301,8 +225,24 @@ class LocalRuntime:
         self.engine.on_state_change(listener)
 
     def deliver(self, handler: Handler, event: dict[str, Any]) -> None:
-        """Send an event to a handler through its queue, as S3 or EventBridge would (again, or out of order)."""
-        self._sqs.send_message(QueueUrl=self.aws.queue_for(handler).url, MessageBody=json.dumps(event))
+        """Send an event to a handler through its queue, as S3 or EventBridge would (again, or out of order).
+
+        For an S3 route `event` is the S3 event (an SQS batch event is unwrapped into its messages' bodies).
+        The sweeper has no queue: its (scheduled) event runs it at once.
+        """
+        if handler is Handler.SWEEPER:
+            self.sweep()
+            return
+        bodies = [event]
+        records = event.get("Records")
+        if (
+            handler is not Handler.TRANSCRIBE_FAILED
+            and records
+            and all(record.get("eventSource") == "aws:sqs" for record in records)
+        ):
+            bodies = [json.loads(record["body"]) for record in records]
+        for body in bodies:
+            self._sqs.send_message(QueueUrl=self.aws.queue_for(handler).url, MessageBody=json.dumps(body))
 
     def dead_letters(self, handler: Handler) -> int:
         """How many failed events wait in the handler's dead-letter queue."""
@@ -313,27 +253,39 @@ class LocalRuntime:
         return sum(int(value) for value in attributes.values())
 
     def replay_dead_letters(self, handler: Handler | None = None) -> list[Any]:
-        """Send the dead-lettered events back through the pipeline (all handlers, or one): `make replay`, locally.
-
-        The same code as the AWS command (`ops.replay_dead_letters`); only "invoke" differs: the event
-        goes to the function's queue, as an asynchronous invocation would.
-        """
-        from ops.replay_dead_letters import replay_dead_letters
-
-        by_arn = {function.arn: name for name, function in self.functions.items()}
-
-        def invoke(function_arn: str, payload: dict[str, Any]) -> None:
-            """Queue the event for the local function with this ARN."""
-            target = by_arn.get(function_arn)
-            if target is None:
-                raise LookupError(f"no local function {function_arn}; known: {sorted(by_arn)}")
-            self.deliver(target, payload)
-
+        """Send the dead-lettered events back through the pipeline (all handlers, or one): `make replay`, locally."""
         handlers = [handler] if handler is not None else list(Handler)
-        # moto answers ReceiveMessage exactly, so no wait is needed to see every message (wait_s=0).
-        return [
-            replay_dead_letters(self._sqs, self.aws.dead_letter_queues[name], invoke, wait_s=0) for name in handlers
-        ]
+        return [replay_dead_letters(self, name) for name in handlers]
+
+    @contextlib.contextmanager
+    def holding(self, handler: Handler) -> Iterator[None]:
+        """Hold the handler's event source while the block runs: its events wait in its queue, then flow again."""
+        assert self.dispatcher is not None, "start() first"
+        self.dispatcher.hold(handler)
+        try:
+            yield
+        finally:
+            if self.dispatcher is not None:
+                self.dispatcher.release(handler)
+
+    def sweep(self) -> Invocation:
+        """Run the sweeper now, as its schedule would: every upload stuck past the deadline gets an error record."""
+        self.activity.begin()
+        try:
+            invocation = self.functions[Handler.SWEEPER].invoke(scheduled_event(self.aws.account, self.aws.region))
+        finally:
+            self.activity.end()
+        if not invocation.ok:
+            log.error("the sweeper failed: %s", invocation.error_summary)
+        for item in (invocation.result or {}).get("results", []) if invocation.ok else []:
+            if item.get("outcome") == "stuck":
+                self._emit(Progress(item.get("key", ""), "stuck", f"recorded as stuck in stage {item.get('stage')}"))
+        return invocation
+
+    @property
+    def generations(self) -> Counter[str]:
+        """Successful endpoint calls per Transcribe job, i.e. per upload (more than one: a duplicate)."""
+        return self.observer.generations
 
     def function_environment(self, handler: Handler) -> dict[str, str]:
         """The handler's own variables, exactly as `infra.pipeline.handler_environment` gives them."""
@@ -359,6 +311,7 @@ class LocalRuntime:
         )
         trace.upload_s = time.perf_counter() - started
         trace.etag = response.get("ETag", "").strip('"')
+        trace.version_id = response.get("VersionId", "")
         self._emit(Progress(key, "upload", f"uploaded to s3://{self.aws.bucket_names[BucketRole.INPUT]}/{key}"))
         return trace
 
@@ -368,70 +321,15 @@ class LocalRuntime:
 
     def collect(self, key: str) -> UploadResult:
         """The final result of an upload: what the handlers wrote to the output bucket, or why nothing was."""
-        trace = self.traces.get(key)
-        job = self.engine.record_for_source(self.aws.bucket_names[BucketRole.INPUT], key)
-        failures = [
-            f"{item.handler}: {item.invocation.error_summary}"
-            for item in trace.invocations
-            if not item.invocation.ok and item.final
-        ]
-        metadata, metadata_time = self._read_json(f"{IMAGE_PREFIX}{key}.json")
-        error, error_time = self._read_json(f"{ERROR_PREFIX}{key}.json")
-        result = UploadResult(key=key, status="error", job=job, handler_errors=failures, repeat=_is_repeat(trace))
-        # Both at once breaks the pipeline's promise of one final result per upload: say so.
-        result.conflict = metadata is not None and error is not None
-        if metadata is not None and (error is None or metadata_time >= error_time):
-            result.status = "image"
-            result.metadata = metadata
-            result.transcript = metadata.get("transcript")
-            result.png = self._read_bytes(f"{IMAGE_PREFIX}{key}.png")
-            result.html = self._read_bytes(f"{IMAGE_PREFIX}{key}.html")
-        elif error is not None:
-            result.error, result.error_origin = error, "output bucket"
-        elif job is not None and job.status == "FAILED" and not failures:
-            # transcribe_failed should have recorded this: report the job, and that its record is missing.
-            result.error, result.error_origin = (
-                self._local_error(
-                    key,
-                    "transcribe",
-                    "transcription-failed",
-                    job.failure_reason,
-                    "upload a playable recording in one of: " + ", ".join(self.config.media_formats),
-                    {"job_name": job.name, "job_status": job.status},
-                ),
-                "transcribe job",
-            )
-        elif failures:
-            handler = next(item.handler for item in trace.invocations if not item.invocation.ok and item.final)
-            result.error, result.error_origin = (
-                self._local_error(
-                    key,
-                    {Handler.TRANSCRIBE_TRIGGER.value: "validate", Handler.TRANSCRIBE_FAILED.value: "transcribe"}.get(
-                        handler, "generate"
-                    ),
-                    "handler-error",
-                    "; ".join(failures),
-                    f"see the handler's log {self._log_path(handler)} and fix the cause",
-                    {"attempts": len([i for i in trace.invocations if i.handler == handler])},
-                ),
-                "handler",
-            )
-        else:
-            result.error, result.error_origin = (
-                self._local_error(
-                    key,
-                    "validate",
-                    "no-result",
-                    "the upload produced neither an image nor an error record",
-                    "check the handlers' logs in " + str(self.log_dir),
-                    {},
-                ),
-                "local mode",
-            )
-        if result.transcript is None and job is not None and job.status == "COMPLETED":
-            result.transcript = job.transcript
-        result.timings = self._timings(trace, job, metadata if result.status == "image" else None)
-        return result
+        assert self._reader is not None, "start() first"
+        return self._reader.collect(key)
+
+    def ledger_item(self, key: str) -> dict[str, Any] | None:
+        """The upload ledger's item for an input key, as DynamoDB returns it (None when there is none)."""
+        if self._dynamodb is None:
+            self._dynamodb = self.aws.client("dynamodb")
+        key_item = {LEDGER_PARTITION_KEY: {"S": key}}
+        return self._dynamodb.get_item(TableName=self.aws.ledger_table, Key=key_item, ConsistentRead=True).get("Item")
 
     def read_notification_configuration(self, role: BucketRole) -> dict[str, Any]:
         """The bucket's notification configuration as the running S3 reports it."""
@@ -439,53 +337,21 @@ class LocalRuntime:
         response.pop("ResponseMetadata", None)
         return response
 
-    # -- observer of the dispatcher, the engine and the endpoint ------------------------------
-
-    def before_invoke(self, handler: Handler, event: dict[str, Any]) -> None:
-        """Remember which upload the function is working on (the endpoint call is attributed to it)."""
-        sources = self._sources(event)
-        if sources:
-            self._current[handler] = sources[0]
-        stage = {Handler.TRANSCRIBE_TRIGGER: "trigger", Handler.TRANSCRIBE_FAILED: "record-failure"}.get(
-            handler, "invoke"
-        )
-        for key in sources:
-            self._emit(Progress(key, stage, f"{self.functions[handler].name} invoked"))
-
-    def after_invoke(self, handler: Handler, event: dict[str, Any], invocation: Invocation, final: bool) -> None:
-        """Record the invocation in the upload's trace and report failures."""
-        self._current.pop(handler, None)
-        for key in self._sources(event):
-            self.traces.get(key).invocations.append(InvocationRecord(handler.value, invocation, final, event))
-            if not invocation.ok:
-                retry = "" if final else f"; retrying ({invocation.attempt}/{self.max_retries})"
-                self._emit(
-                    Progress(
-                        key,
-                        "handler-error",
-                        f"{self.functions[handler].name} raised {invocation.error_summary}{retry}",
-                        {"error": invocation.error},
-                    )
-                )
-
-    def _endpoint_received(self, call: EndpointCall, request: dict[str, Any]) -> None:
-        key = self._current.get(Handler.INVOKE_SD, "")
-        parameters = request.get("parameters") or {}
-        size = f"{parameters.get('width', '?')}x{parameters.get('height', '?')}"
-        steps = parameters.get("num_inference_steps", "?")
-        self._emit(Progress(key, "generate", f"generating {size}, {steps} steps: {request.get('inputs', '')!r}"))
-
-    def _endpoint_finished(self, call: EndpointCall) -> None:
-        key = self._current.get(Handler.INVOKE_SD, "")
-        if key:
-            self.traces.get(key).endpoint_calls.append(call)
-        seconds = call.finished_at - call.received_at
-        note = ""
-        if seconds > REALTIME_LIMIT_S:
-            note = f" (over SageMaker's {REALTIME_LIMIT_S:.0f} s real-time limit: a deployed endpoint would time out)"
-        self._emit(Progress(key, "generated", f"endpoint answered {call.status} in {seconds:.2f} s{note}"))
-
     # -- internals ----------------------------------------------------------------------------
+
+    def _make_function(self, handler: Handler, index: int) -> LocalFunction:
+        """Execution environment `index` of `handler`, with exactly the environment InfraStack gives it."""
+        assert self.log_dir is not None
+        return LocalFunction(
+            handler=handler,
+            environment=handler_environment(handler, self.config, self.aws.bucket_names, self.aws.ledger_table),
+            runtime_environment=self._runtime_environment(f"{handler.value}.{index}"),
+            lambdas_dir=self.lambdas_dir,
+            log_path=self.log_dir / f"{handler.value}.log",
+            account=self.aws.account,
+            region=self.aws.region,
+            instance=index,
+        )
 
     def _load_model(self) -> None:
         if self.model is not None and self.model.tiny:
@@ -496,9 +362,6 @@ class LocalRuntime:
             self._torch_threads = torch.get_num_threads()
             torch.set_num_threads(1)
         self.endpoint.load(self.model.path if self.model is not None else None)
-
-    def _log_path(self, handler_value: str) -> str:
-        return str(self.log_dir / f"{handler_value}.log") if self.log_dir else "(no log folder)"
 
     def _remote_transcriber(self) -> Any:
         from local.asr import RemoteTranscriber
@@ -512,35 +375,17 @@ class LocalRuntime:
             except Exception:
                 log.exception("progress listener failed")
 
-    def _runtime_environment(self) -> dict[str, str]:
+    def _runtime_environment(self, caller: str) -> dict[str, str]:
         return {
             **FAKE_CREDENTIALS,
             "AWS_ENDPOINT_URL": self.aws.endpoint_url,
-            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": self.endpoint.url,
+            # The path prefix names the calling process (see local.endpoint); botocore keeps it.
+            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": f"{self.endpoint.url}/_caller/{caller}",
             # No shared config or credentials file can redirect or authorise anything real.
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "AWS_EC2_METADATA_DISABLED": "true",
         }
-
-    def _sources(self, event: dict[str, Any]) -> list[str]:
-        """The uploads (input keys) an event is about."""
-        input_bucket = self.aws.bucket_names[BucketRole.INPUT]
-        detail = event.get("detail")
-        if isinstance(detail, dict):
-            # A Transcribe job state change: the job knows its media.
-            job = self.engine.jobs.get(str(detail.get("TranscriptionJobName", "")))
-            return [job.source_key] if job is not None else []
-        keys = []
-        for record in event.get("Records", []):
-            s3 = record.get("s3", {})
-            bucket = s3.get("bucket", {}).get("name", "")
-            key = unquote_plus(s3.get("object", {}).get("key", ""))
-            if bucket != input_bucket:
-                job = self.engine.record_for_output(bucket, key)
-                key = job.source_key if job is not None else key
-            keys.append(key)
-        return keys
 
     def _queues_empty(self) -> bool:
         for binding in self.aws.queues:
@@ -555,79 +400,6 @@ class LocalRuntime:
             if any(int(value) for value in attributes.values()):
                 return False
         return True
-
-    def _read_json(self, key: str) -> tuple[dict[str, Any] | None, float]:
-        try:
-            response = self._s3.get_object(Bucket=self.aws.bucket_names[BucketRole.OUTPUT], Key=key)
-        except self._s3.exceptions.NoSuchKey:
-            return None, 0.0
-        try:
-            document = json.loads(response["Body"].read())
-        except ValueError:
-            return None, 0.0
-        return document, response["LastModified"].timestamp()
-
-    def _read_bytes(self, key: str) -> bytes | None:
-        try:
-            return self._s3.get_object(Bucket=self.aws.bucket_names[BucketRole.OUTPUT], Key=key)["Body"].read()
-        except self._s3.exceptions.NoSuchKey:
-            return None
-
-    def _local_error(
-        self, key: str, stage: str, code: str, reason: str, action: str, details: dict[str, Any]
-    ) -> dict[str, Any]:
-        """An error in the shape of docs/CONTRACTS.md's error record, for failures no handler recorded."""
-        return {
-            "status": "error",
-            "source": {"bucket": self.aws.bucket_names[BucketRole.INPUT], "key": key},
-            "stage": stage,
-            "error": code,
-            "reason": reason,
-            "action": action,
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "details": {**details, "recorded_by": "local mode (no handler wrote an error record)"},
-        }
-
-    def _timings(self, trace: Trace, job: JobRecord | None, metadata: dict[str, Any] | None) -> dict[str, float]:
-        """Seconds per stage for one upload; the pipeline's own overhead is what is not ASR or generation."""
-        timings: dict[str, float] = {"upload": trace.upload_s}
-        uploaded = trace.uploaded_at + trace.upload_s
-        ends = [uploaded]
-        if job is not None and job.started_at:
-            timings["to_transcribe"] = job.started_at - uploaded
-            timings["fetch_media"] = job.fetch_s
-            timings["decode"] = job.decode_s
-            timings["asr"] = job.asr_s
-            ends.append(job.finished_at or job.started_at)
-        calls = [call for call in trace.endpoint_calls if call.finished_at]
-        invocations = trace.invocations_of(Handler.INVOKE_SD.value)
-        if calls and job is not None and job.asr_done_at:
-            call = calls[-1]
-            timings["transcript_to_endpoint"] = call.received_at - job.asr_done_at
-            timings["generation"] = call.finished_at - call.received_at
-            timings["inference"] = call.inference_s
-            if invocations:
-                timings["writes"] = invocations[-1].invocation.ended_at - call.finished_at
-        for record in trace.invocations:
-            ends.append(record.invocation.ended_at)
-        timings["total"] = max(ends) - trace.uploaded_at
-        asr = timings.get("decode", 0.0) + timings.get("asr", 0.0)
-        timings["overhead"] = timings["total"] - asr - timings.get("generation", 0.0)
-        if metadata:
-            handler_timings = metadata.get("timings") or {}
-            for name in ("transcript_read_s", "endpoint_call_s", "writes_s"):
-                if isinstance(handler_timings.get(name), int | float):
-                    timings[f"handler_{name.removesuffix('_s')}"] = float(handler_timings[name])
-        return {name: round(value, 4) for name, value in timings.items()}
-
-
-def _is_repeat(trace: Trace) -> bool:
-    """True when transcribe_trigger reported this upload as a repeat of one it already started."""
-    for record in trace.invocations_of(Handler.TRANSCRIBE_TRIGGER.value):
-        outcomes = record.outcomes  # empty for a failed invocation
-        if outcomes and all(outcome == "duplicate" for outcome in outcomes):
-            return True
-    return False
 
 
 def _thread(target: Callable[[], Any], errors: list[BaseException], name: str) -> threading.Thread:
@@ -644,6 +416,8 @@ def _thread(target: Callable[[], Any], errors: list[BaseException], name: str) -
 
 
 __all__ = [
+    "CDK_JSON",
+    "REPO_ROOT",
     "LocalModeError",
     "LocalRuntime",
     "ModelChoice",

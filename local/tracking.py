@@ -80,6 +80,10 @@ class EndpointCall:
     finished_at: float = 0.0
     status: int = 0
     inference_s: float = 0.0
+    # The handler process that called (its `/_caller/<id>` path prefix); "" for other clients.
+    caller: str = ""
+    # The Transcribe job (so the upload) the call generated for, when local mode could tell.
+    job_name: str = ""
 
 
 @dataclass
@@ -90,6 +94,8 @@ class Trace:
     uploaded_at: float = 0.0
     upload_s: float = 0.0
     etag: str = ""
+    # The input object's version: the upload's identity (the ledger's upload_id).
+    version_id: str = ""
     invocations: list[Any] = field(default_factory=list)
     job: Any = None
     endpoint_calls: list[EndpointCall] = field(default_factory=list)

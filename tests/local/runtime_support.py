@@ -21,12 +21,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 PROBE_HANDLER = """
 import json
 import os
+import time
 
 import boto3
 
 
+def s3_keys(event):
+    keys = []
+    for record in event.get("Records", []):
+        if record.get("eventSource") == "aws:sqs":
+            body = json.loads(record["body"])
+            keys += [(record["messageId"], item["s3"]["object"]["key"]) for item in body.get("Records", [])]
+        elif "s3" in record:
+            keys.append((None, record["s3"]["object"]["key"]))
+    return keys
+
+
 def handler(event, context):
-    keys = [record["s3"]["object"]["key"] for record in event.get("Records", [])]
+    keys = s3_keys(event)
     s3 = boto3.client("s3")
     s3.put_object(
         Bucket=os.environ["OUTPUT_BUCKET"],
@@ -45,12 +57,27 @@ def handler(event, context):
             }
         ),
     )
-    if any("crash" in key for key in keys):
+    if any("slow" in key for _, key in keys):
+        time.sleep(1.5)
+    if any("crash" in key for _, key in keys):
         os._exit(3)  # the process dies mid-invocation, as a segfault or an out-of-memory kill would
-    if any("fail" in key for key in keys):
-        raise RuntimeError(f"probe asked to fail for {keys}")
-    return {"keys": keys}
+    if any("fail" in key for _, key in keys):
+        raise RuntimeError(f"probe asked to fail for {[key for _, key in keys]}")
+    # ReportBatchItemFailures: only the messages about a "partial" key go back to the queue.
+    failures = [{"itemIdentifier": message} for message, key in keys if "partial" in key and message]
+    return {"keys": [key for _, key in keys], "batchItemFailures": failures}
 """
+
+
+def s3_records(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The S3 records of a delivered event: inside an SQS batch's message bodies, or straight."""
+    records: list[dict[str, Any]] = []
+    for record in event.get("Records", []):
+        if record.get("eventSource") == "aws:sqs":
+            records += json.loads(record["body"]).get("Records", [])
+        elif "s3" in record:
+            records.append(record)
+    return records
 
 
 def write_probe_lambdas(root: Path) -> Path:

@@ -236,15 +236,21 @@ def test_progress_and_summary_are_readable(runtime: LocalRuntime, tmp_path: Path
     assert f"gallery: {tmp_path / 'out' / 'index.html'}" in summary
 
 
-def test_a_repeat_upload_is_recognised_not_reprocessed(runtime: LocalRuntime, tmp_path: Path) -> None:
+def test_uploading_the_same_file_again_is_a_new_upload_with_the_same_picture(
+    runtime: LocalRuntime, tmp_path: Path
+) -> None:
     recording = tmp_path / "repeat.mp3"
     shutil.copyfile(AUDIO / "red-apple.mp3", recording)
     run_cli(runtime, tmp_path / "first", recording)
+    first = json.loads((tmp_path / "first" / "repeat.mp3.json").read_text(encoding="utf-8"))
     stdout, stderr = io.StringIO(), io.StringIO()
     code = main(
         ["run", str(recording), "--out", str(tmp_path / "second")], runtime=runtime, stdout=stdout, stderr=stderr
     )
 
     assert code == 0
-    assert "repeat.mp3: the same content was processed before" in stdout.getvalue()
+    second = json.loads((tmp_path / "second" / "repeat.mp3.json").read_text(encoding="utf-8"))
+    # The input bucket is versioned: the same bytes again are a new upload (a new version), processed again.
+    assert second["source"]["upload_id"] != first["source"]["upload_id"]
     assert (tmp_path / "second" / "repeat.mp3.png").read_bytes() == (tmp_path / "first" / "repeat.mp3.png").read_bytes()
+    assert all(count == 1 for count in runtime.generations.values()), "each upload generated once"

@@ -5,7 +5,9 @@ its AWS service can: the endpoint down (503) and then back, a model error (500),
 SageMaker's real-time limit, the recogniser crashing mid-job, a malformed transcript, an S3 write
 failure. Events are also delivered twice and out of order. Each test checks the output bucket itself:
 exactly one of the image set or `errors/<key>.json` per upload, and nothing left behind in a
-dead-letter queue unless the test expects it there (and then replays it).
+dead-letter queue unless the test expects it there (and then replays it). Permanent failures become
+error records at once; transient ones go back to the queue and, after the queue's maxReceiveCount, to
+the dead-letter queue. Error records name the invocation (`request_id`) and never carry raw exception text.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from infra.pipeline import ERROR_PREFIX, IMAGE_PREFIX, BucketRole, Handler
+from infra.pipeline import ERROR_PREFIX, IMAGE_PREFIX, BucketRole, Handler, routes
 from local.runtime import LocalRuntime, UploadResult, load_config, local_config, tiny_model
 from tests.local.runtime_support import AUDIO, MANIFEST
 
@@ -39,7 +41,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
     """The whole local pipeline with the real handlers, started once for the module."""
     model = tiny_model()
     config = replace(local_config(load_config(), model, size=IMAGE_SIZE, steps=STEPS), max_media_mb=MAX_MEDIA_MB)
-    runtime = LocalRuntime(config, model, log_dir=tmp_path_factory.mktemp("logs"))
+    runtime = LocalRuntime(config, model, log_dir=tmp_path_factory.mktemp("logs"), sweep_interval_s=None)
     runtime.start()
     yield runtime
     runtime.stop()
@@ -98,8 +100,16 @@ def assert_error(runtime: LocalRuntime, result: UploadResult, stage: str, code: 
     error = result.error or {}
     assert (error["stage"], error["error"]) == (stage, code), error
     assert error["reason"] and error["action"]
-    assert error["source"] == {"bucket": runtime.bucket_names[BucketRole.INPUT], "key": result.key}
+    assert error["source"]["bucket"] == runtime.bucket_names[BucketRole.INPUT]
+    assert error["source"]["key"] == result.key
+    assert error.get("request_id"), "the record names the invocation that wrote it"
+    assert "Traceback" not in json.dumps(error)
     return error
+
+
+def max_receive_count(runtime: LocalRuntime, handler: Handler) -> int:
+    """How often the handler's queue delivers a message before SQS moves it to the dead-letter queue."""
+    return next(route.queue.max_receive_count for route in routes(runtime.config) if route.handler is handler)
 
 
 def outcomes(result_or_trace: Any, handler: Handler) -> list[str]:
@@ -135,7 +145,9 @@ def test_endpoint_500_until_fixed_ends_in_the_dead_letter_queue_and_replays(
     assert "500" in error["reason"]
     assert "make replay" in error["action"] or "dead-letter" in error["action"]
     invocations = runtime.traces.get(failed.key).invocations_of(Handler.INVOKE_SD.value)
-    assert [item.invocation.ok for item in invocations] == [False, False, False], "Lambda's two retries"
+    receives = max_receive_count(runtime, Handler.INVOKE_SD)
+    # A transient failure: the handler reports the message as failed, and the queue delivers it again.
+    assert [len(item.invocation.result["batchItemFailures"]) for item in invocations] == [1] * receives
     assert runtime.dead_letters(Handler.INVOKE_SD) == 1
 
     runtime.faults.clear("endpoint")  # the cause is fixed
@@ -157,7 +169,9 @@ def test_an_endpoint_slower_than_the_realtime_limit_ends_as_a_timeout_error(
 
     error = assert_error(runtime, result, "generate", "endpoint-timeout")
     assert "timed out" in error["reason"]
-    assert runtime.dead_letters(Handler.INVOKE_SD) == 1, "kept for a replay once the endpoint is faster"
+    invocations = runtime.traces.get(result.key).invocations_of(Handler.INVOKE_SD.value)
+    assert [item.invocation.ok for item in invocations] == [True], "a permanent failure is recorded, not retried"
+    assert runtime.dead_letters(Handler.INVOKE_SD) == 0
 
 
 def test_a_recogniser_crash_mid_job_is_survived(runtime: LocalRuntime, tmp_path: Path) -> None:
@@ -209,8 +223,12 @@ def test_an_s3_write_failure_is_recorded_and_replayed_once_fixed(runtime: LocalR
     failed = run_one(runtime, SPEECH, key, tmp_path)
 
     error = assert_error(runtime, failed, "generate", "internal-error")
-    assert "AccessDenied" in error["reason"]
+    # The error type, never the exception's own text: that stays in the function's log.
+    assert "AccessDenied" in error["reason"] and "fault injected" not in json.dumps(error)
+    assert "retried" in error["reason"]
     assert runtime.dead_letters(Handler.INVOKE_SD) == 1
+    trace = runtime.traces.get(key)
+    assert len(trace.endpoint_calls) == max_receive_count(runtime, Handler.INVOKE_SD), "one generation per receive"
 
     runtime.faults.clear("s3-put")
     runtime.replay_dead_letters(Handler.INVOKE_SD)

@@ -79,7 +79,7 @@ def template_bucket_roles(template: dict[str, Any], config: PipelineConfig) -> d
     roles: dict[str, BucketRole] = {}
     for handler, (_, properties) in template_functions(template).items():
         variables = properties.get("Environment", {}).get("Variables", {})
-        for variable, value in handler_environment(handler, config, marker).items():
+        for variable, value in handler_environment(handler, config, marker, "<ledger>").items():
             role = next((role for role, text in marker.items() if text == value), None)
             reference = variables.get(variable)
             if role is not None and isinstance(reference, dict) and "Ref" in reference:
@@ -92,21 +92,70 @@ def _rules(configuration: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((rule["Name"].lower(), rule["Value"]) for rule in rules))
 
 
+def template_queue_functions(template: dict[str, Any]) -> dict[str, tuple[Handler, dict[str, Any]]]:
+    """Queue logical id -> (the handler its event source mapping invokes, the mapping's properties)."""
+    handlers = {name: handler for handler, (name, _) in template_functions(template).items()}
+    found: dict[str, tuple[Handler, dict[str, Any]]] = {}
+    for body in _resources(template, "AWS::Lambda::EventSourceMapping").values():
+        properties = body["Properties"]
+        queue = properties["EventSourceArn"]["Fn::GetAtt"][0]
+        found[queue] = (handlers[properties["FunctionName"]["Ref"]], properties)
+    return found
+
+
 def template_notifications(template: dict[str, Any], config: PipelineConfig) -> list[Notification]:
-    """Every S3 -> Lambda notification in the synthesized stack."""
+    """Every S3 notification in the synthesized stack, to the handler behind its queue."""
     roles = template_bucket_roles(template, config)
     handlers = {name: handler for handler, (name, _) in template_functions(template).items()}
+    queues = template_queue_functions(template)
     found: list[Notification] = []
     for body in _resources(template, "Custom::S3BucketNotifications").values():
         properties = body["Properties"]
         role = roles[properties["BucketName"]["Ref"]]
         configuration = properties["NotificationConfiguration"]
-        for kind in ("QueueConfigurations", "TopicConfigurations"):
-            assert not configuration.get(kind), f"{kind} on the {role.value} bucket: local mode does not mirror them"
+        assert not configuration.get("TopicConfigurations"), f"topics on the {role.value} bucket: not mirrored locally"
+        for item in configuration.get("QueueConfigurations", []):
+            handler = queues[item["QueueArn"]["Fn::GetAtt"][0]][0]
+            found.append((role, handler, tuple(sorted(item["Events"])), _rules(item)))
         for item in configuration.get("LambdaFunctionConfigurations", []):
             handler = handlers[item["LambdaFunctionArn"]["Fn::GetAtt"][0]]
             found.append((role, handler, tuple(sorted(item["Events"])), _rules(item)))
     return sorted(found)
+
+
+def template_queue_settings(template: dict[str, Any]) -> dict[Handler, tuple[int, int, int, bool]]:
+    """Per handler fed by a queue: (batch size, maximum concurrency, maxReceiveCount, partial batch responses)."""
+    queues = _resources(template, "AWS::SQS::Queue")
+    found: dict[Handler, tuple[int, int, int, bool]] = {}
+    for queue, (handler, mapping) in template_queue_functions(template).items():
+        found[handler] = (
+            mapping["BatchSize"],
+            mapping["ScalingConfig"]["MaximumConcurrency"],
+            queues[queue]["Properties"]["RedrivePolicy"]["maxReceiveCount"],
+            "ReportBatchItemFailures" in mapping.get("FunctionResponseTypes", []),
+        )
+    return found
+
+
+def local_queue_settings(runtime: LocalRuntime) -> dict[Handler, tuple[int, int, int, bool]]:
+    """The same, read back from the running local queues and the dispatcher's pollers."""
+    sqs = runtime.aws.client("sqs")
+    found: dict[Handler, tuple[int, int, int, bool]] = {}
+    assert runtime.dispatcher is not None
+    for binding in runtime.aws.queues:
+        attributes = sqs.get_queue_attributes(QueueUrl=binding.url, AttributeNames=["RedrivePolicy"]).get(
+            "Attributes", {}
+        )
+        if "RedrivePolicy" not in attributes:
+            continue
+        pollers = [thread for thread in runtime.dispatcher._threads if f"-{binding.handler.value}-" in thread.name]
+        found[binding.handler] = (
+            binding.route.queue.batch_size,  # type: ignore[union-attr]
+            len(pollers),
+            json.loads(attributes["RedrivePolicy"])["maxReceiveCount"],
+            True,
+        )
+    return found
 
 
 def local_notifications(runtime: LocalRuntime) -> list[Notification]:
@@ -144,6 +193,12 @@ def test_notifications_are_the_same(template: dict[str, Any], runtime: LocalRunt
     assert deployed, "no notifications found in the template: the parity check would be empty"
     assert {role for role, *_ in deployed} >= {BucketRole.INPUT, BucketRole.TRANSCRIPTS}
     assert compare_notifications(deployed, local) == []
+
+
+def test_queues_feed_the_handlers_the_same_way(template: dict[str, Any], runtime: LocalRuntime) -> None:
+    deployed = template_queue_settings(template)
+    assert set(deployed) == {Handler.TRANSCRIBE_TRIGGER, Handler.INVOKE_SD}
+    assert local_queue_settings(runtime) == deployed
 
 
 def test_environment_variable_names_are_the_same(template: dict[str, Any], runtime: LocalRuntime) -> None:
@@ -187,3 +242,14 @@ def test_local_results_never_notify(runtime: LocalRuntime, template: dict[str, A
     roles = {role for role, *_ in template_notifications(template, config)}
     assert BucketRole.OUTPUT not in roles
     assert not runtime.read_notification_configuration(BucketRole.OUTPUT).get("QueueConfigurations")
+
+
+def test_every_handler_runs_with_handler_environment(runtime: LocalRuntime, config: PipelineConfig) -> None:
+    """All four functions, the sweeper included: exactly `handler_environment(...)`, the ledger table included."""
+    assert set(runtime.functions) == set(Handler)
+    for handler in Handler:
+        expected = handler_environment(handler, runtime.config, runtime.bucket_names, runtime.aws.ledger_table)
+        assert runtime.function_environment(handler) == expected, handler.value
+        actual = runtime.functions[handler].read_environment()
+        assert {name: actual.get(name) for name in expected} == expected, handler.value
+    assert runtime.function_environment(Handler.SWEEPER)["STUCK_AFTER_MINUTES"] == str(config.stuck_after_minutes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -10,6 +11,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from infra.pipeline import BucketRole, Handler
 from local.runtime import LocalRuntime, load_config
 from tests.local.runtime_support import child_processes, local_threads, write_probe_lambdas
 
@@ -51,3 +53,22 @@ def test_a_missing_handler_fails_start_clearly(tmp_path: Path) -> None:
         runtime.start()
     assert local_threads() == []
     assert child_processes() == children_before
+
+
+def test_the_sweeper_runs_on_its_timer(tmp_path: Path) -> None:
+    lambdas = write_probe_lambdas(tmp_path / "lambdas")
+    runtime = LocalRuntime(load_config(), None, lambdas_dir=lambdas, log_dir=tmp_path / "logs", sweep_interval_s=0.2)
+    runtime.start()
+    try:
+        s3 = runtime.aws.client("s3")
+        bucket = runtime.bucket_names[BucketRole.OUTPUT]
+        prefix = f"probe/{runtime.functions[Handler.SWEEPER].name}/"
+        deadline = time.monotonic() + 30
+        while len(s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])) < 2:
+            assert time.monotonic() < deadline, "the sweeper did not run twice on its 0.2 s timer"
+            time.sleep(0.1)
+        [first, *_] = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+        event = json.loads(s3.get_object(Bucket=bucket, Key=first["Key"])["Body"].read())["event"]
+        assert (event["source"], event["detail-type"]) == ("aws.events", "Scheduled Event")
+    finally:
+        runtime.stop()
