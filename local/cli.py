@@ -34,6 +34,7 @@ STAGE_LABELS = (
     ("decode", "decode"),
     ("asr", "ASR"),
     ("transcript_to_endpoint", "transcript->endpoint"),
+    ("waiting", "waiting for the GPU"),
     ("generation", "generation"),
     ("writes", "writes"),
 )
@@ -67,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--size", type=int, help="image width and height in pixels (multiple of 8, 64-1024)")
     run.add_argument("--steps", type=int, help="denoising steps (1-150)")
+    run.add_argument(
+        "--endpoint-mode",
+        choices=("async", "realtime"),
+        help="SageMaker asynchronous inference (cdk.json's endpointMode, async by default) or a real-time endpoint",
+    )
+    run.add_argument(
+        "--cold-start",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="async: the GPU starts from zero, taking this long before the run's first request (default 0)",
+    )
     run.add_argument(
         "--timeout",
         type=float,
@@ -141,6 +154,12 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
         except ConfigError as error:
             raise UsageError(f"cdk.json: {error}") from None
         files = check_files(args.files)
+        if args.cold_start < 0:
+            raise UsageError("--cold-start must be zero or more seconds")
+        if args.endpoint_mode is not None:
+            config = _with_endpoint_mode(config, args.endpoint_mode)
+        if args.cold_start and not config.is_async:
+            raise UsageError("--cold-start needs the async endpoint (a real-time endpoint is always up)")
         try:
             model = model_folder(args.model_dir) if args.model_dir is not None else tiny_model()
         except ValueError as error:
@@ -150,10 +169,12 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
         except ConfigError as error:
             raise UsageError(f"--size/--steps: {error}") from None
         out.mkdir(parents=True, exist_ok=True)
-        runtime = LocalRuntime(config, model, log_dir=out / "logs")
+        runtime = LocalRuntime(config, model, log_dir=out / "logs", cold_start_s=args.cold_start)
     else:
-        if args.model_dir is not None or args.size is not None or args.steps is not None:
-            raise UsageError("--model-dir, --size and --steps cannot change a runtime that is already running")
+        if any(value is not None for value in (args.model_dir, args.size, args.steps, args.endpoint_mode)):
+            raise UsageError(
+                "--model-dir, --size, --steps and --endpoint-mode cannot change a runtime that is already running"
+            )
         files = check_files(args.files)
         out.mkdir(parents=True, exist_ok=True)
     if not args.quiet:
@@ -236,6 +257,18 @@ def _with_image_overrides(config: Any, args: argparse.Namespace) -> Any:
     if args.steps is not None:
         overrides["num_inference_steps"] = args.steps
     return load_config(image_overrides=overrides)
+
+
+def _with_endpoint_mode(config: Any, mode: str) -> Any:
+    """The configuration with another endpointMode, checked by the configuration's own rules."""
+    from dataclasses import replace
+
+    from infra.config import _check_endpoint_scaling
+
+    try:
+        return _check_endpoint_scaling(replace(config, endpoint_mode=mode))
+    except ConfigError as error:
+        raise UsageError(f"--endpoint-mode {mode}: {error}") from None
 
 
 def _describe_model(runtime: Any, stderr: TextIO) -> None:

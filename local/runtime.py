@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.pipeline import LEDGER_PARTITION_KEY, BucketRole, Handler, handler_environment
+from local.async_endpoint import async_endpoint_for
 from local.aws import FAKE_CREDENTIALS, EmbeddedAws, LocalModeError, with_local_environment
 from local.dispatcher import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY_S, Dispatcher
 from local.endpoint import SageMakerRuntimeServer
@@ -70,6 +71,7 @@ class LocalRuntime:
         retry_delay_s: int = DEFAULT_RETRY_DELAY_S,
         sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
         transcriber_factory: Callable[[], Any] | None = None,
+        cold_start_s: float = 0.0,
     ) -> None:
         config = with_local_environment(config)
         self.config = config
@@ -79,6 +81,8 @@ class LocalRuntime:
         self.retry_delay_s = retry_delay_s
         # None: no timer, the sweeper runs only when `sweep()` is called.
         self.sweep_interval_s = sweep_interval_s
+        # endpointMode=async: seconds the GPU takes to start from zero (before the run's first request).
+        self.cold_start_s = cold_start_s
         self.activity = Activity()
         self.traces = Traces()
         self.faults = Faults()
@@ -93,6 +97,7 @@ class LocalRuntime:
             self.aws.region,
             on_call=self.observer.endpoint_finished,
             on_received=self.observer.endpoint_received,
+            on_queued=self.observer.endpoint_queued,
             faults=self.faults,
         )
         self.pools: dict[Handler, FunctionPool] = {}
@@ -126,6 +131,9 @@ class LocalRuntime:
             self._sqs = self.aws.client("sqs")
             self._reader = ResultReader(self)
             self.endpoint.start()
+            if self.config.is_async:
+                self.endpoint.async_endpoint = async_endpoint_for(self, self.cold_start_s)
+                self.endpoint.async_endpoint.start()
             for handler in Handler:
                 pool = FunctionPool(functools.partial(self._make_function, handler))
                 self.pools[handler] = pool
@@ -186,6 +194,9 @@ class LocalRuntime:
             pool.stop()
         self.pools.clear()
         self.functions.clear()
+        if self.endpoint.async_endpoint is not None:
+            self.endpoint.async_endpoint.stop()
+            self.endpoint.async_endpoint = None
         self.endpoint.stop()
         self.aws.stop()
         self._dynamodb = None

@@ -1,0 +1,47 @@
+"""Fixes to moto 5.2 that local mode needs so that its queues behave as SQS does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def patch_sqs_atomic() -> list[Callable[[], None]]:
+    """Make moto's queue operations atomic per queue; returns the functions that undo it.
+
+    moto 5.2 rebuilds a queue's message list in DeleteMessage without its lock: two deletes at once
+    brought a deleted message back (to be delivered again 16 minutes later), and a delete beside a
+    SendMessage could drop the new message. SQS never does either; with several pollers per queue
+    (max_concurrency) local mode would, so receive, delete and visibility changes hold the queue's lock
+    (a long poll releases it while it waits).
+    """
+    from moto.sqs.models import Queue, SQSBackend
+
+    originals = {
+        (Queue, "delete_message"): Queue.delete_message,
+        (SQSBackend, "receive_message"): SQSBackend.receive_message,
+        (SQSBackend, "change_message_visibility"): SQSBackend.change_message_visibility,
+    }
+
+    def delete_message(queue: Any, receipt_handle: str) -> None:
+        """DeleteMessage, atomic with the queue's other changes."""
+        with queue._messages_lock:
+            originals[(Queue, "delete_message")](queue, receipt_handle)
+
+    def backend_call(name: str) -> Any:
+        original = originals[(SQSBackend, name)]
+
+        def call(backend: Any, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+            """The backend operation under the queue's lock."""
+            with backend.get_queue(queue_name)._messages_lock:
+                return original(backend, queue_name, *args, **kwargs)
+
+        return call
+
+    Queue.delete_message = delete_message  # type: ignore[method-assign]
+    SQSBackend.receive_message = backend_call("receive_message")  # type: ignore[method-assign]
+    SQSBackend.change_message_visibility = backend_call("change_message_visibility")  # type: ignore[method-assign]
+    return [
+        lambda owner=owner, name=name, original=original: setattr(owner, name, original)
+        for (owner, name), original in originals.items()
+    ]
