@@ -102,6 +102,8 @@ class AsyncEndpoint:
         self._queue: queue.Queue[AsyncRequest | None] = queue.Queue()
         self._last_done: float | None = None
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._waiting = 0
         self._held = threading.Event()
         self._held.set()
         self._s3: Any = None
@@ -137,13 +139,16 @@ class AsyncEndpoint:
 
     @property
     def backlog(self) -> int:
-        """Requests waiting for the worker (ApproximateBacklogSize)."""
-        return self._queue.qsize()
+        """Requests waiting for the worker (ApproximateBacklogSize), a held one included."""
+        with self._lock:
+            return self._waiting
 
     def submit(self, request: AsyncRequest) -> tuple[int, dict[str, str], bytes]:
         """Queue the request; the 202 answer InvokeEndpointAsync gives, locations in body and headers."""
         # Counted before the 202: the pipeline is never idle between invoke_sd's call and the notification.
         self.activity.begin()
+        with self._lock:
+            self._waiting += 1
         self._queue.put(request)
         document = {
             "InferenceId": request.inference_id,
@@ -168,8 +173,10 @@ class AsyncEndpoint:
 
     def _work(self) -> None:
         while (request := self._queue.get()) is not None:
+            self._held.wait()
+            with self._lock:
+                self._waiting -= 1
             try:
-                self._held.wait()
                 self._process(request)
             except Exception:
                 # SageMaker itself failing is not something the pipeline sees; the sweeper would catch it.

@@ -111,3 +111,20 @@ def test_the_gallery_is_newest_first_escaped_and_linked(tmp_path: Path) -> None:
 def test_timings_read_as_a_breakdown() -> None:
     line = format_timings({"upload": 0.01, "asr": 0.6, "generation": 0.4, "total": 1.2, "overhead": 0.2})
     assert line == "upload 0.01s | ASR 0.60s | generation 0.40s | total 1.20s (pipeline overhead 0.20s, 17%)"
+
+
+def test_a_cold_start_needs_the_async_endpoint(tmp_path: Path) -> None:
+    args = ("run", str(AUDIO / "red-apple.mp3"), "--out", str(tmp_path / "out"))
+    code, _, stderr = run(*args, "--endpoint-mode", "realtime", "--cold-start", "5")
+    assert code == EXIT_USAGE
+    assert "--cold-start needs the async endpoint" in stderr
+    code, _, stderr = run(*args, "--cold-start", "-1")
+    assert code == EXIT_USAGE and "zero or more" in stderr
+    code, _, stderr = run(*args, "--endpoint-mode", "batch")
+    assert code == EXIT_USAGE and "invalid choice" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_async_timings_show_the_wait_for_the_gpu() -> None:
+    line = format_timings({"transcript_to_endpoint": 0.1, "waiting": 2.0, "generation": 0.4, "total": 3.0})
+    assert line.startswith("transcript->endpoint 0.10s | waiting for the GPU 2.00s | generation 0.40s | total 3.00s")
