@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="async: the GPU starts from zero, taking this long before the run's first request (default 0)",
+        help="async: the GPU starts from zero, taking this long before the run's first request and after "
+        "scaleInIdleMinutes without work (default 0)",
     )
     run.add_argument(
         "--timeout",
