@@ -151,14 +151,12 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
     owned = runtime is None
     if owned:
         try:
-            config = load_config()
+            config = load_config(endpoint_mode=args.endpoint_mode)
         except ConfigError as error:
-            raise UsageError(f"cdk.json: {error}") from None
+            raise UsageError(f"cdk.json{' with --endpoint-mode' if args.endpoint_mode else ''}: {error}") from None
         files = check_files(args.files)
         if args.cold_start < 0:
             raise UsageError("--cold-start must be zero or more seconds")
-        if args.endpoint_mode is not None:
-            config = _with_endpoint_mode(config, args.endpoint_mode)
         if args.cold_start and not config.is_async:
             raise UsageError("--cold-start needs the async endpoint (a real-time endpoint is always up)")
         try:
@@ -257,19 +255,7 @@ def _with_image_overrides(config: Any, args: argparse.Namespace) -> Any:
         overrides.update(height=args.size, width=args.size)
     if args.steps is not None:
         overrides["num_inference_steps"] = args.steps
-    return load_config(image_overrides=overrides)
-
-
-def _with_endpoint_mode(config: Any, mode: str) -> Any:
-    """The configuration with another endpointMode, checked by the configuration's own rules."""
-    from dataclasses import replace
-
-    from infra.config import _check_endpoint_scaling
-
-    try:
-        return _check_endpoint_scaling(replace(config, endpoint_mode=mode))
-    except ConfigError as error:
-        raise UsageError(f"--endpoint-mode {mode}: {error}") from None
+    return load_config(image_overrides=overrides, endpoint_mode=args.endpoint_mode)
 
 
 def _describe_model(runtime: Any, stderr: TextIO) -> None:

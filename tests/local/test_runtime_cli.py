@@ -128,3 +128,13 @@ def test_a_cold_start_needs_the_async_endpoint(tmp_path: Path) -> None:
 def test_async_timings_show_the_wait_for_the_gpu() -> None:
     line = format_timings({"transcript_to_endpoint": 0.1, "waiting": 2.0, "generation": 0.4, "total": 3.0})
     assert line.startswith("transcript->endpoint 0.10s | waiting for the GPU 2.00s | generation 0.40s | total 3.00s")
+
+
+def test_image_options_keep_the_chosen_endpoint_mode() -> None:
+    from local.cli import _with_image_overrides, build_parser
+    from local.settings import load_config
+
+    args = build_parser().parse_args(["run", "x.mp3", "--endpoint-mode", "realtime", "--size", "64"])
+    config = _with_image_overrides(load_config(endpoint_mode=args.endpoint_mode), args)
+    assert (config.endpoint_mode, config.image.height) == ("realtime", 64)
+    assert load_config().endpoint_mode == "async", "cdk.json's default, as on AWS"
