@@ -8,7 +8,9 @@
 The wiring comes from `infra.pipeline` (routes, queue settings, the ledger and `handler_environment`) and
 the configuration from cdk.json's context (`PipelineConfig.from_context`), like the CDK app: local mode
 swaps endpoints, not handlers. This module is the life cycle; `local.settings` has the configuration,
-`local.results` reads what an upload ended as, `local.dispatcher` plays the event sources.
+`local.results` reads what an upload ended as, `local.dispatcher` plays the event sources,
+`local.operations` is what you do with a running pipeline (deliver, hold, replay, sweep) and
+`local.async_endpoint` plays SageMaker asynchronous inference when `endpointMode` is async (the default).
 """
 
 from __future__ import annotations
