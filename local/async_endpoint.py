@@ -186,22 +186,14 @@ class AsyncEndpoint:
                 self.activity.end()
 
     def _process(self, request: AsyncRequest) -> None:
-        key = request.call.key
         fault = self.faults.take("async")
         kind = fault.kind if fault is not None else ""
         if kind == "test-notification":
             self._send(json.dumps({"eventName": "TestNotification"}))
-        expired = kind == "expire" or time.time() - request.call.received_at > request.ttl_s
-        if expired:
-            notify = (
-                bool(fault.options.get("notify", self.expired_notification)) if fault else self.expired_notification
-            )
-            self._emit(Progress(key, "expired", f"request {request.inference_id} expired in the endpoint's queue"))
-            if notify:
-                reason = f"Request expired: it waited longer than its RequestTTLSeconds ({request.ttl_s} s)."
-                self._send(json.dumps(self._notification(request, failure_reason=reason)))
+        if kind == "expire" or time.time() - request.call.received_at > request.ttl_s:
+            self._expire(request, fault if kind == "expire" else None)
             return
-        self._cold_start(key)
+        self._cold_start(request.call.key)
         body = self._read_input(request)
         if body is None:
             reason = f"ClientError: Could not read the input object {request.input_location}."
@@ -213,31 +205,41 @@ class AsyncEndpoint:
         result = self._run_model(
             request.call, body, request.content_type, request.accept, model_fault, request.timeout_s
         )
+        message = json.dumps(self._answer(request, result, kind))
+        self._send(message)
+        if kind == "duplicate-notification":
+            # SNS and SQS deliver at least once: the same notification may arrive twice.
+            self._send(message)
+
+    def _expire(self, request: AsyncRequest, fault: Fault | None) -> None:
+        """Drop a request that waited past its TTL; notify only when told to (see the module docstring)."""
+        notify = bool(fault.options.get("notify", self.expired_notification)) if fault else self.expired_notification
+        self._emit(Progress(request.call.key, "expired", f"request {request.inference_id} expired in the queue"))
+        if notify:
+            reason = f"Request expired: it waited longer than its RequestTTLSeconds ({request.ttl_s} s)."
+            self._send(json.dumps(self._notification(request, failure_reason=reason)))
+
+    def _answer(self, request: AsyncRequest, result: Any, kind: str) -> dict[str, Any]:
+        """Write the output (or failure) object for the model's answer; the notification that says so."""
         if result is None:
             reason = (
                 f"ServerError: The invocation timed out after {request.timeout_s} s (InvocationTimeoutSeconds). "
                 f"See {self.log_stream_arn} for more information."
             )
-            self._send(json.dumps(self._notification(request, failure_reason=reason)))
-            return
+            return self._notification(request, failure_reason=reason)
         if 200 <= result.status < 300:
-            payload = b"{not json" if kind == "malformed-output" else result.body
             if kind != "missing-output":
+                payload = b"{not json" if kind == "malformed-output" else result.body
                 self._put(request.output_location, payload, result.content_type)
-            message = json.dumps(self._notification(request, content_type=result.content_type))
-        else:
-            original = result.body.decode("utf-8", errors="replace")
-            self._put(request.failure_location, result.body, "application/json")
-            side = "client" if 400 <= result.status < 500 else "server"
-            reason = (
-                f"{side.capitalize()}Error: Received {side} error ({result.status}) from model with message "
-                f'"{original}". See {self.log_stream_arn} in account for more information.'
-            )
-            message = json.dumps(self._notification(request, failure_reason=reason, failure_object=True))
-        self._send(message)
-        if kind == "duplicate-notification":
-            # SNS and SQS deliver at least once: the same notification may arrive twice.
-            self._send(message)
+            return self._notification(request, content_type=result.content_type)
+        self._put(request.failure_location, result.body, "application/json")
+        side = "client" if 400 <= result.status < 500 else "server"
+        original = result.body.decode("utf-8", errors="replace")
+        reason = (
+            f"{side.capitalize()}Error: Received {side} error ({result.status}) from model with message "
+            f'"{original}". See {self.log_stream_arn} for more information.'
+        )
+        return self._notification(request, failure_reason=reason, failure_object=True)
 
     def _cold_start(self, key: str) -> None:
         """Wait as a GPU instance starting from zero would: before the first request, and after idling."""
