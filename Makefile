@@ -47,11 +47,12 @@ format: setup ## Apply ruff fixes and formatting
 pytest: setup ## The pytest suite (no network, no AWS account)
 	$(BIN)/pytest
 
-synth: setup ## cdk synth of both stacks, with the CDK's built-in CloudFormation validation
+synth: setup ## cdk synth of both stacks in both endpoint modes, with the CDK's built-in CloudFormation validation
 	npx cdk synth --quiet
+	npx cdk synth --quiet -c endpointMode=realtime --output cdk.out.realtime
 
-cfn-lint: synth ## cfn-lint on the synthesized templates (errors fail, warnings shown)
-	$(BIN)/cfn-lint --non-zero-exit-code error cdk.out/*.template.json
+cfn-lint: synth ## cfn-lint on the synthesized templates of both modes (errors fail, warnings shown)
+	$(BIN)/cfn-lint --non-zero-exit-code error cdk.out/*.template.json cdk.out.realtime/*.template.json
 
 bench: setup ## Benchmarks (print numbers; not tests)
 	$(BIN)/python benchmarks/bench_handler_import.py
@@ -85,4 +86,4 @@ destroy: setup ## Remove everything (buckets are emptied when removal=destroy)
 	npx cdk destroy --force --all
 
 clean: ## Remove build outputs and local results (keeps the venv)
-	rm -rf cdk.out out .pytest_cache .ruff_cache
+	rm -rf cdk.out cdk.out.realtime out .pytest_cache .ruff_cache

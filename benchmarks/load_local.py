@@ -13,6 +13,7 @@ pipeline (this process and its handler, recogniser and model processes).
     python benchmarks/load_local.py                 # 100 uploads + 20 races, tiny model at 64x64, 2 steps
     python benchmarks/load_local.py --burst 1000    # 1,000 small recordings at once: does the backlog drain?
     python benchmarks/load_local.py --uploads 300 --races 50 --json
+    python benchmarks/load_local.py --endpoint-mode realtime   # the real-time endpoint (default: async)
 
 Exit status 0 when every key is accounted for exactly once by its last upload's result, 1 otherwise.
 """
@@ -27,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=0, help="instead: this many small recordings at once")
     parser.add_argument("--size", type=int, default=64, help="image size for the tiny model (default 64)")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps (default 2)")
+    parser.add_argument(
+        "--endpoint-mode",
+        choices=("async", "realtime"),
+        default="async",
+        help="the SageMaker endpoint local mode plays: asynchronous inference (default) or real-time",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the pipeline to drain")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--logs", type=Path, help="keep the handlers' logs in this folder")
@@ -199,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     from local.runtime import LocalRuntime, load_config, local_config, tiny_model
 
     model = tiny_model()
-    config = local_config(load_config(), model, size=args.size, steps=args.steps)
+    config = replace(
+        local_config(load_config(), model, size=args.size, steps=args.steps), endpoint_mode=args.endpoint_mode
+    )
     uploads = plan(args)
     race_keys = [f"race/{index:02d}/same name.mp3" for index in range(args.races)]
     with PeakMemory() as memory, LocalRuntime(config, model, log_dir=args.logs) as runtime:
@@ -231,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "peak_concurrency": peak_concurrency,
             "execution_environments": environments,
             "peak_memory_mib": round(memory.peak_bytes / 2**20),
+            "endpoint_mode": args.endpoint_mode,
             "image_size": args.size,
             "steps": args.steps,
             "cpus": os.cpu_count(),
@@ -251,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             f"uploads              {report['uploads']} ({len(uploads)} single, {report['races']} races of 3; "
             f"uploaded in {report['upload_s']} s)"
         )
+        print(f"endpoint             {report['endpoint_mode']}")
         print(f"keys                 {report['keys']}")
         print(f"images               {report['images']}")
         print(f"error records        {report['error_records']}  {report['error_codes']}")

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aws_cdk as cdk
 
+from infra.components.sd_endpoint import AsyncInference
 from infra.config import PipelineConfig
 from infra.nag import apply_nag
 from infra.stacks.infra_stack import InfraStack
@@ -22,12 +23,27 @@ def build_app(app: cdk.App, config: PipelineConfig) -> tuple[InfraStack, Hugging
     """Compose both stacks into `app` and attach the cdk-nag checks."""
     env = cdk.Environment(account=config.account, region=config.region)
     infra = InfraStack(app, "InfraStack", config=config, env=env)
+    topics = infra.async_topics
+    transcripts = infra.transcript_bucket
+    async_inference = (
+        AsyncInference(
+            # Exported explicitly (the same export an implicit reference makes): the endpoint role's statements
+            # then name the export already while the app is built, which cdk-nag acknowledgments must match.
+            bucket_arn=infra.export_value(transcripts.bucket_arn),
+            bucket_name=infra.export_value(transcripts.bucket_name),
+            success_topic=topics.success,
+            error_topic=topics.error,
+        )
+        if topics is not None
+        else None
+    )
     endpoint = HuggingFaceModelEndpoint(
         app,
         "HuggingFaceModelEndpoint",
         config=config,
         model_bucket=infra.model_bucket,
         alarm_topic=infra.alarm_topic.topic,
+        async_inference=async_inference,
         env=env,
     )
     apply_nag(app)

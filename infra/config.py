@@ -107,6 +107,16 @@ class PipelineConfig:
     transcribe_trigger_concurrency: int = 5
     # An upload whose ledger stage has not moved for this long gets a `stuck` error record (the sweeper).
     stuck_after_minutes: int = 180
+    # "async" (default): SageMaker asynchronous inference, which queues requests in S3 and scales the GPU to
+    # zero; "realtime": an always-on endpoint (the 60 s / 6 MB limits apply, and it bills every hour).
+    endpoint_mode: str = "async"
+    # Instances the endpoint may scale between; None: 0 for async (pay only while there is work), 1 for realtime.
+    min_instances: int | None = None
+    max_instances: int = 1
+    # How long a request may wait in the async queue (e.g. while the GPU starts from zero) before it expires.
+    request_ttl_minutes: int = 120
+    # How long the async endpoint stays up with nothing to do before it scales in (to min_instances).
+    scale_in_idle_minutes: int = 15
     # A transcript whose mean word confidence is below this is treated as "no speech detected":
     # Amazon Transcribe gives clear speech 0.9 and more; recognisers guessing at noise score far lower.
     min_transcript_confidence: float = 0.2
@@ -117,6 +127,18 @@ class PipelineConfig:
     def destroy_on_removal(self) -> bool:
         """True when `cdk destroy` should delete buckets and their objects."""
         return self.removal == "destroy"
+
+    @property
+    def is_async(self) -> bool:
+        """True when the endpoint is asynchronous (requests and results go through S3 and SNS)."""
+        return self.endpoint_mode == "async"
+
+    @property
+    def min_instance_count(self) -> int:
+        """The endpoint's lower scaling bound, with the mode's default applied."""
+        if self.min_instances is not None:
+            return self.min_instances
+        return 0 if self.is_async else 1
 
     @property
     def max_media_bytes(self) -> int:
@@ -202,12 +224,36 @@ class PipelineConfig:
             stuck_after_minutes=_int(
                 get("stuckAfterMinutes"), "stuckAfterMinutes", default.stuck_after_minutes, 15, 7 * 24 * 60
             ),
+            endpoint_mode=_choice(get("endpointMode"), "endpointMode", default.endpoint_mode, ("async", "realtime")),
+            min_instances=_optional_int(get("minInstances"), "minInstances", default.min_instances, 0, 10),
+            max_instances=_int(get("maxInstances"), "maxInstances", default.max_instances, 1, 10),
+            # InvokeEndpointAsync's RequestTTLSeconds allows 60..21600 s.
+            request_ttl_minutes=_int(
+                get("requestTtlMinutes"), "requestTtlMinutes", default.request_ttl_minutes, 1, 360
+            ),
+            scale_in_idle_minutes=_int(
+                get("scaleInIdleMinutes"), "scaleInIdleMinutes", default.scale_in_idle_minutes, 5, 24 * 60
+            ),
             min_transcript_confidence=_float(
                 get("minTranscriptConfidence"), "minTranscriptConfidence", default.min_transcript_confidence, 0.0, 1.0
             ),
             alarm_email=_str(get("alarmEmail"), "alarmEmail", default.alarm_email, EMAIL_RE, "an e-mail address"),
         )
-        return config
+        return _check_endpoint_scaling(config)
+
+
+def _check_endpoint_scaling(config: PipelineConfig) -> PipelineConfig:
+    """Rules across keys: a real-time endpoint cannot scale to zero, and min may not exceed max."""
+    if not config.is_async and config.min_instance_count < 1:
+        raise ConfigError(
+            "context 'minInstances'=0 needs endpointMode=async: a real-time endpoint cannot scale to zero "
+            "(cdk -c endpointMode=async, or -c minInstances=1)"
+        )
+    if config.min_instance_count > config.max_instances:
+        raise ConfigError(
+            f"context 'minInstances'={config.min_instance_count} is more than 'maxInstances'={config.max_instances}"
+        )
+    return config
 
 
 def _missing(value: Any) -> bool:

@@ -20,7 +20,10 @@ def acknowledge(scope: IConstruct, rule_id: str, reason: str) -> None:
 
 
 def render_intrinsic(value: Any) -> str:
-    """Render a resolved ARN the way cdk-nag names findings: `<Logical.Arn>/*`, `arn:<AWS::Partition>:...`."""
+    """Render a resolved ARN the way cdk-nag names findings: `<Logical.Arn>/*`, `arn:<AWS::Partition>:...`.
+
+    A value imported from another stack renders as its export name (`InfraStack:ExportsOutput...`).
+    """
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and len(value) == 1:
@@ -32,4 +35,6 @@ def render_intrinsic(value: Any) -> str:
             return f"<{argument[0]}.{argument[1]}>"
         if function == "Ref":
             return f"<{argument}>"
+        if function == "Fn::ImportValue" and isinstance(argument, str):
+            return argument
     raise ValueError(f"cannot render {value!r} as a cdk-nag resource name")

@@ -34,6 +34,14 @@ LEDGER_PARTITION_KEY = "upload_key"
 LEDGER_PENDING = "pending"
 LEDGER_UPDATED_AT = "updated_at"
 LEDGER_PENDING_INDEX = "pending-by-age"
+# Asynchronous inference (endpointMode=async) keeps its traffic under this private prefix of the transcripts
+# bucket: the request invoke_sd stages, and the output or failure object SageMaker writes. The bucket's
+# notification covers only TRANSCRIPT_PREFIX, so none of these reaches a handler; a lifecycle rule expires
+# what the async_result stage did not remove.
+ASYNC_REQUEST_PREFIX = "async/requests/"
+ASYNC_OUTPUT_PREFIX = "async/outputs/"
+ASYNC_FAILURE_PREFIX = "async/failures/"
+ASYNC_OBJECT_RETENTION_DAYS = 2
 # The sweeper runs this often and gives every upload stuck past `stuck_after_minutes` an error record.
 SWEEP_INTERVAL_MINUTES = 10
 
@@ -54,6 +62,7 @@ class Handler(StrEnum):
     INVOKE_SD = "invoke_sd"
     TRANSCRIBE_FAILED = "transcribe_failed"
     SWEEPER = "sweeper"
+    ASYNC_RESULT = "async_result"
 
     @property
     def entry_point(self) -> str:
@@ -71,6 +80,11 @@ class QueueSettings:
     max_concurrency: int
     # Receives before SQS moves a message to the dead-letter queue (AWS recommends at least 5).
     max_receive_count: int
+
+
+# SageMaker publishes each async result to one of two SNS topics (raw message delivery); both feed the
+# async_result stage's queue. Ten notifications per invocation: each is an S3 read and a few small writes.
+ASYNC_RESULT_QUEUE = QueueSettings(batch_size=10, max_concurrency=2, max_receive_count=5)
 
 
 @dataclass(frozen=True)
@@ -175,9 +189,28 @@ def handler_environment(
             "LEDGER_PENDING_INDEX": LEDGER_PENDING_INDEX,
             "STUCK_AFTER_MINUTES": str(config.stuck_after_minutes),
         }
-    return common | {
-        "TRANSCRIPT_PREFIX": TRANSCRIPT_PREFIX,
+    endpoint = {
         "ENDPOINT_NAME": config.endpoint_name,
+        "ENDPOINT_MODE": config.endpoint_mode,
         "IMAGE_PARAMETERS": json.dumps(config.image.as_dict(), sort_keys=True),
-        "MIN_TRANSCRIPT_CONFIDENCE": str(config.min_transcript_confidence),
     }
+    if handler is Handler.ASYNC_RESULT:
+        return (
+            common
+            | endpoint
+            | {
+                "TRANSCRIPT_BUCKET": buckets[BucketRole.TRANSCRIPTS],
+                "ASYNC_REQUEST_PREFIX": ASYNC_REQUEST_PREFIX,
+            }
+        )
+    return (
+        common
+        | endpoint
+        | {
+            "TRANSCRIPT_PREFIX": TRANSCRIPT_PREFIX,
+            "MIN_TRANSCRIPT_CONFIDENCE": str(config.min_transcript_confidence),
+            "TRANSCRIPT_BUCKET": buckets[BucketRole.TRANSCRIPTS],
+            "ASYNC_REQUEST_PREFIX": ASYNC_REQUEST_PREFIX,
+            "REQUEST_TTL_SECONDS": str(config.request_ttl_minutes * 60),
+        }
+    )

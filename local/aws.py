@@ -28,6 +28,7 @@ from botocore.config import Config
 
 from infra.config import PipelineConfig
 from infra.pipeline import (
+    ASYNC_RESULT_QUEUE,
     LEDGER_PARTITION_KEY,
     LEDGER_PENDING,
     LEDGER_PENDING_INDEX,
@@ -36,11 +37,13 @@ from infra.pipeline import (
     BucketRole,
     EventRoute,
     Handler,
+    QueueSettings,
     Route,
     event_routes,
     routes,
 )
 from local.faults import Faults
+from local.moto_patches import patch_dynamodb_atomic, patch_sqs_atomic
 
 # Obviously fake credentials: local mode must never be able to reach a real account.
 FAKE_CREDENTIALS = {
@@ -128,10 +131,18 @@ def patched_environ(values: Mapping[str, str | None]) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class QueueBinding:
-    """The queue that receives one route's events (S3 notifications or EventBridge events)."""
+class NotificationRoute:
+    """SageMaker's async result topics -> their raw-delivery queue -> a handler (InfraStack's AsyncResultRecorder)."""
 
-    route: Route | EventRoute
+    handler: Handler
+    queue: QueueSettings
+
+
+@dataclass(frozen=True)
+class QueueBinding:
+    """The queue that receives one route's events (S3 notifications, EventBridge events, SageMaker's results)."""
+
+    route: Route | EventRoute | NotificationRoute
     url: str
     arn: str
 
@@ -198,8 +209,8 @@ class EmbeddedAws:
 
             self._reset_backends()
             self._patch_s3()
-            self._patch_sqs()
-            self._patch_dynamodb()
+            self._unpatch += patch_sqs_atomic()
+            self._unpatch += patch_dynamodb_atomic()
             self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             self._server.start()
             host, port = self._server.get_host_and_port()
@@ -287,6 +298,16 @@ class EmbeddedAws:
             url, arn = create_queue(queue_name(route.handler), {"RedrivePolicy": json.dumps(redrive)})
             self.queues.append(QueueBinding(route=route, url=url, arn=arn))
             by_bucket.setdefault(route.bucket, []).extend(notification_configurations(route, arn))
+        if self.config.is_async:
+            # One queue stands in for both topics and their raw-delivery subscriptions; the local async endpoint
+            # sends each notification to it as the subscription would deliver it (local.async_endpoint).
+            route = NotificationRoute(Handler.ASYNC_RESULT, ASYNC_RESULT_QUEUE)
+            redrive = {
+                "deadLetterTargetArn": dead_letter_arns[route.handler],
+                "maxReceiveCount": route.queue.max_receive_count,
+            }
+            url, arn = create_queue(queue_name(route.handler), {"RedrivePolicy": json.dumps(redrive)})
+            self.queues.append(QueueBinding(route=route, url=url, arn=arn))
         for role, configurations in by_bucket.items():
             s3.put_bucket_notification_configuration(
                 Bucket=self.bucket_names[role],
@@ -340,66 +361,6 @@ class EmbeddedAws:
 
         backend.put_object = put_object
         self._unpatch.append(lambda: backend.__dict__.pop("put_object", None))
-
-    def _patch_sqs(self) -> None:
-        """Make moto's queue operations atomic per queue (undone by `stop`).
-
-        moto 5.2 rebuilds a queue's message list in DeleteMessage without its lock: two deletes at once
-        brought a deleted message back (to be delivered again 16 minutes later), and a delete beside a
-        SendMessage could drop the new message. SQS never does either; with several pollers per queue
-        (max_concurrency) local mode would, so receive, delete and visibility changes hold the queue's lock
-        (a long poll releases it while it waits).
-        """
-        from moto.sqs.models import Queue, SQSBackend
-
-        originals = {
-            (Queue, "delete_message"): Queue.delete_message,
-            (SQSBackend, "receive_message"): SQSBackend.receive_message,
-            (SQSBackend, "change_message_visibility"): SQSBackend.change_message_visibility,
-        }
-
-        def delete_message(queue: Any, receipt_handle: str) -> None:
-            """DeleteMessage, atomic with the queue's other changes."""
-            with queue._messages_lock:
-                originals[(Queue, "delete_message")](queue, receipt_handle)
-
-        def backend_call(name: str) -> Any:
-            original = originals[(SQSBackend, name)]
-
-            def call(backend: Any, queue_name: str, *args: Any, **kwargs: Any) -> Any:
-                """The backend operation under the queue's lock."""
-                with backend.get_queue(queue_name)._messages_lock:
-                    return original(backend, queue_name, *args, **kwargs)
-
-            return call
-
-        Queue.delete_message = delete_message  # type: ignore[method-assign]
-        SQSBackend.receive_message = backend_call("receive_message")  # type: ignore[method-assign]
-        SQSBackend.change_message_visibility = backend_call("change_message_visibility")  # type: ignore[method-assign]
-        for (owner, name), original in originals.items():
-            self._unpatch.append(lambda owner=owner, name=name, original=original: setattr(owner, name, original))
-
-    def _patch_dynamodb(self) -> None:
-        """Make moto's DynamoDB writes atomic (undone by `stop`).
-
-        moto 5.2 checks a ConditionExpression and then applies the write without a lock, so two conditional
-        writes arriving at once (the ledger's claim of a re-upload beside the commit of the previous upload's
-        result) could both pass. DynamoDB applies each conditional write atomically, and the ledger relies on
-        it; one lock over every write (and the reads inside them) gives local mode the same guarantee.
-        """
-        from moto.dynamodb.models import DynamoDBBackend
-
-        lock = threading.RLock()
-        for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
-            original = getattr(DynamoDBBackend, name)
-
-            def locked(backend: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
-                """The write, atomic with every other write."""
-                with lock:
-                    return _original(backend, *args, **kwargs)
-
-            setattr(DynamoDBBackend, name, locked)
-            self._unpatch.append(lambda name=name, original=original: setattr(DynamoDBBackend, name, original))
 
     def handler_for_queue_arn(self, arn: str) -> Handler:
         """The handler whose route delivers to the queue with this ARN."""

@@ -34,6 +34,7 @@ STAGE_LABELS = (
     ("decode", "decode"),
     ("asr", "ASR"),
     ("transcript_to_endpoint", "transcript->endpoint"),
+    ("waiting", "waiting for the GPU"),
     ("generation", "generation"),
     ("writes", "writes"),
 )
@@ -73,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--size", type=int, help="image width and height in pixels (multiple of 8, 64-1024)")
     run.add_argument("--steps", type=int, help="denoising steps (1-150)")
+    run.add_argument(
+        "--endpoint-mode",
+        choices=("async", "realtime"),
+        help="SageMaker asynchronous inference (cdk.json's endpointMode, async by default) or a real-time endpoint",
+    )
+    run.add_argument(
+        "--cold-start",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="async: the GPU starts from zero, taking this long before the run's first request and after "
+        "scaleInIdleMinutes without work (default 0)",
+    )
     run.add_argument(
         "--timeout",
         type=float,
@@ -143,10 +157,14 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
     owned = runtime is None
     if owned:
         try:
-            config = load_config()
+            config = load_config(endpoint_mode=args.endpoint_mode)
         except ConfigError as error:
-            raise UsageError(f"cdk.json: {error}") from None
+            raise UsageError(f"cdk.json{' with --endpoint-mode' if args.endpoint_mode else ''}: {error}") from None
         files = check_files(args.files)
+        if args.cold_start < 0:
+            raise UsageError("--cold-start must be zero or more seconds")
+        if args.cold_start and not config.is_async:
+            raise UsageError("--cold-start needs the async endpoint (a real-time endpoint is always up)")
         try:
             model = model_folder(args.model_dir) if args.model_dir is not None else tiny_model()
         except ValueError as error:
@@ -157,11 +175,16 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
             raise UsageError(f"--size/--steps: {error}") from None
         transcriber_factory = _transcriber_factory(args.asr_model, out / "logs" / "transcribe.log", quiet=args.quiet)
         out.mkdir(parents=True, exist_ok=True)
-        runtime = LocalRuntime(config, model, log_dir=out / "logs", transcriber_factory=transcriber_factory)
+        runtime = LocalRuntime(
+            config, model, log_dir=out / "logs", transcriber_factory=transcriber_factory, cold_start_s=args.cold_start
+        )
     else:
-        if any(value is not None for value in (args.model_dir, args.size, args.steps, args.asr_model)):
+        if any(
+            value is not None for value in (args.model_dir, args.size, args.steps, args.asr_model, args.endpoint_mode)
+        ):
             raise UsageError(
-                "--model-dir, --asr-model, --size and --steps cannot change a runtime that is already running"
+                "--model-dir, --asr-model, --size, --steps and --endpoint-mode cannot change a runtime that is "
+                "already running"
             )
         files = check_files(args.files)
         out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +281,7 @@ def _with_image_overrides(config: Any, args: argparse.Namespace) -> Any:
         overrides.update(height=args.size, width=args.size)
     if args.steps is not None:
         overrides["num_inference_steps"] = args.steps
-    return load_config(image_overrides=overrides)
+    return load_config(image_overrides=overrides, endpoint_mode=args.endpoint_mode)
 
 
 def _describe_model(runtime: Any, stderr: TextIO) -> None:

@@ -1,6 +1,7 @@
 """Delivers events from the routes' queues to the routes' handlers, as Lambda's event sources would.
 
-S3 routes: an SQS event source mapping. Up to `route.queue.max_concurrency` pollers per queue each
+S3 routes and async_result's queue (SageMaker's notifications): an SQS event source mapping. Up to
+`route.queue.max_concurrency` pollers per queue each
 receive up to `route.queue.batch_size` messages and invoke their own execution environment of the
 handler with the SQS batch event (`{"Records": [{"messageId", "receiptHandle", "body", ...}]}`), the
 `s3:TestEvent` included, as AWS delivers it. Messages the handler reports in `batchItemFailures`, or
@@ -26,7 +27,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from infra.pipeline import Handler, Route
+from infra.pipeline import EventRoute, Handler
 from local.aws import EmbeddedAws, QueueBinding
 from local.functions import FunctionPool, Invocation, LocalFunction
 from local.tracking import Activity
@@ -154,7 +155,7 @@ class Dispatcher:
         """Start the pollers: `max_concurrency` per S3 route, one per EventBridge route."""
         for binding in self.aws.queues:
             route = binding.route
-            if isinstance(route, Route):
+            if not isinstance(route, EventRoute):
                 targets = [(self._poll_batches, index) for index in range(route.queue.max_concurrency)]
             else:
                 targets = [(self._poll_async, 0)]
@@ -214,7 +215,7 @@ class Dispatcher:
     # -- SQS event source mapping -----------------------------------------------------------------
 
     def _poll_batches(self, binding: QueueBinding, index: int) -> None:
-        assert isinstance(binding.route, Route)
+        assert not isinstance(binding.route, EventRoute)
         settings = binding.route.queue
         sqs = self.aws.client("sqs")
         while (messages := self._receive(sqs, binding, settings.batch_size)) is not None:
@@ -231,7 +232,7 @@ class Dispatcher:
                 self.activity.end()
 
     def _invoke_batch(self, sqs: Any, binding: QueueBinding, index: int, messages: list[dict[str, Any]]) -> None:
-        assert isinstance(binding.route, Route)
+        assert not isinstance(binding.route, EventRoute)
         handler = binding.handler
         event = {"Records": [sqs_record(message, binding.arn, self.aws.region) for message in messages]}
         function = self.pools[handler].instance(index)

@@ -7,7 +7,8 @@ SageMaker's: an unknown endpoint is a 400 `ValidationError`, a model's own error
 424 `ModelError` carrying `OriginalStatusCode` and `OriginalMessage`, and a model that takes longer
 than the 60 s real-time limit is cut off with SageMaker's "invocation timed out" `ModelError` (the
 model goes on working, as a container does). Injected faults (`local.faults`, target "endpoint")
-make it answer 503, a model error, or slowly.
+make it answer 503, a model error, or slowly. `POST /endpoints/{name}/async-invocations` (InvokeEndpointAsync)
+goes to `async_endpoint`, local.async_endpoint's queue and worker, which runs the same model call.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from local.async_endpoint import DEFAULT_INVOCATION_TIMEOUT_S, DEFAULT_TTL_S, AsyncEndpoint, AsyncRequest
 from local.faults import Faults
 from local.tracking import EndpointCall
 
 # Each handler process reaches the endpoint under its own path prefix (`/_caller/<id>`, in its
 # AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME): local mode tells which invocation, and so which upload, a call is for.
-INVOCATIONS_PATH = re.compile(r"^(?:/_caller/([^/]+))?/endpoints/([^/]+)/invocations$")
+INVOCATIONS_PATH = re.compile(r"^(?:/_caller/([^/]+))?/endpoints/([^/]+)/(invocations|async-invocations)$")
 # SageMaker real-time inference limits: 6 MB payloads, 60 s per invocation.
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 REALTIME_LIMIT_S = 60.0
@@ -48,6 +51,7 @@ class SageMakerRuntimeServer:
         region: str,
         on_call: Callable[[EndpointCall], None] | None = None,
         on_received: Callable[[EndpointCall, dict[str, Any]], None] | None = None,
+        on_queued: Callable[[EndpointCall, str], None] | None = None,
         faults: Faults | None = None,
         limit_s: float = REALTIME_LIMIT_S,
     ) -> None:
@@ -61,6 +65,9 @@ class SageMakerRuntimeServer:
         self.model: Any = None
         self._on_call = on_call
         self._on_received = on_received
+        self._on_queued = on_queued
+        # Serves InvokeEndpointAsync when set (endpointMode=async); None: the endpoint is real-time only.
+        self.async_endpoint: AsyncEndpoint | None = None
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
         self._server: ThreadingHTTPServer | None = None
@@ -133,29 +140,74 @@ class SageMakerRuntimeServer:
         if fault is not None and fault.kind == "unavailable":
             return _error(503, "ServiceUnavailable", "The service is unavailable (a fault injected by local mode).")
         call = EndpointCall(endpoint_name=name, received_at=time.time(), caller=caller)
-        if self._on_received is not None:
-            self._on_received(call, _summary(body, content_type))
-        result = self._run_model(body, content_type, accept, fault)
-        call.finished_at = time.time()
-        call.status = result.status if result is not None else 0
+        result = self.run_model(call, body, content_type, accept, fault, self.limit_s)
         if result is None:
-            if self._on_call is not None:
-                self._on_call(call)
             return self._model_error(0, TIMEOUT_MESSAGE, "server")
-        if 200 <= result.status < 300:
-            try:
-                call.inference_s = float(json.loads(result.body).get("timings", {}).get("inference_s", 0.0))
-            except (ValueError, AttributeError):
-                call.inference_s = 0.0
-        if self._on_call is not None:
-            self._on_call(call)
         if 200 <= result.status < 300:
             headers = {"Content-Type": result.content_type, "x-Amzn-Invoked-Production-Variant": "AllTraffic"}
             return 200, headers, result.body
         original = result.body.decode("utf-8", errors="replace")
         return self._model_error(result.status, original, "client" if 400 <= result.status < 500 else "server")
 
-    def _run_model(self, body: bytes, content_type: str, accept: str, fault: Any) -> Any:
+    def invoke_async(self, name: str, headers: Any, caller: str = "") -> tuple[int, dict[str, str], bytes]:
+        """Answer one InvokeEndpointAsync request: queue it and say where its output and failure will be."""
+        self._loaded.wait()
+        if name != self.endpoint_name or self.model is None or self.async_endpoint is None:
+            return _error(400, "ValidationError", f"Endpoint {name} of account {self.account} not found.")
+        location = headers.get("X-Amzn-SageMaker-InputLocation") or ""
+        if not location.startswith("s3://"):
+            return _error(400, "ValidationError", f"InputLocation must be an s3:// URI, not {location!r}.")
+        fault = self.faults.take("endpoint", kinds=("unavailable",))
+        if fault is not None:
+            return _error(503, "ServiceUnavailable", "The service is unavailable (a fault injected by local mode).")
+        inference_id = headers.get("X-Amzn-SageMaker-Inference-Id") or uuid.uuid4().hex
+        try:
+            ttl_s = int(headers.get("X-Amzn-SageMaker-RequestTTLSeconds") or DEFAULT_TTL_S)
+            timeout_s = int(headers.get("X-Amzn-SageMaker-InvocationTimeoutSeconds") or DEFAULT_INVOCATION_TIMEOUT_S)
+        except ValueError:
+            return _error(400, "ValidationError", "RequestTTLSeconds and InvocationTimeoutSeconds must be integers.")
+        if not 60 <= ttl_s <= 21600 or not 1 <= timeout_s <= 3600:
+            return _error(
+                400, "ValidationError", "RequestTTLSeconds must be 60-21600, InvocationTimeoutSeconds 1-3600."
+            )
+        call = EndpointCall(endpoint_name=name, received_at=time.time(), caller=caller, inference_id=inference_id)
+        if self._on_queued is not None:
+            self._on_queued(call, location)
+        output, failure = self.async_endpoint.locations(inference_id)
+        request = AsyncRequest(
+            endpoint_name=name,
+            inference_id=inference_id,
+            input_location=location,
+            content_type=headers.get("X-Amzn-SageMaker-Content-Type") or "application/json",
+            accept=headers.get("X-Amzn-SageMaker-Accept") or "application/json",
+            ttl_s=ttl_s,
+            timeout_s=timeout_s,
+            call=call,
+            output_location=output,
+            failure_location=failure,
+        )
+        return self.async_endpoint.submit(request)
+
+    def run_model(
+        self, call: EndpointCall, body: bytes, content_type: str, accept: str, fault: Any, limit_s: float
+    ) -> Any:
+        """One model call, reported to the observer: the toolkit's answer, or None past `limit_s`."""
+        call.started_at = time.time()
+        if self._on_received is not None:
+            self._on_received(call, _summary(body, content_type))
+        result = self._run_model(body, content_type, accept, fault, limit_s)
+        call.finished_at = time.time()
+        call.status = result.status if result is not None else 0
+        if result is not None and 200 <= result.status < 300:
+            try:
+                call.inference_s = float(json.loads(result.body).get("timings", {}).get("inference_s", 0.0))
+            except (ValueError, AttributeError):
+                call.inference_s = 0.0
+        if self._on_call is not None:
+            self._on_call(call)
+        return result
+
+    def _run_model(self, body: bytes, content_type: str, accept: str, fault: Any, limit_s: float) -> Any:
         """The model's answer, or None when it did not come within the real-time limit."""
         from sd_tools.toolkit_harness import InvocationResult, mms_error_body
 
@@ -173,7 +225,7 @@ class SageMakerRuntimeServer:
 
         worker = threading.Thread(target=run, daemon=True, name="local-sagemaker-model")
         worker.start()
-        worker.join(timeout=self.limit_s)
+        worker.join(timeout=limit_s)
         return answer[0] if answer else None
 
     def _model_error(self, original_status: int, original: str, kind: str) -> tuple[int, dict[str, str], bytes]:
@@ -228,7 +280,7 @@ class _InvocationHandler(BaseHTTPRequestHandler):
     runtime: SageMakerRuntimeServer
 
     def do_POST(self) -> None:
-        """InvokeEndpoint."""
+        """InvokeEndpoint and InvokeEndpointAsync."""
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         match = INVOCATIONS_PATH.match(self.path.split("?", 1)[0])
@@ -239,7 +291,11 @@ class _InvocationHandler(BaseHTTPRequestHandler):
         accept = self.headers.get("Accept") or "application/json"
         try:
             caller = unquote(match.group(1) or "")
-            self._send(*self.runtime.invoke(unquote(match.group(2)), body, content_type, accept, caller))
+            name = unquote(match.group(2))
+            if match.group(3) == "async-invocations":
+                self._send(*self.runtime.invoke_async(name, self.headers, caller))
+            else:
+                self._send(*self.runtime.invoke(name, body, content_type, accept, caller))
         except Exception as error:
             self._send(*_error(500, "InternalFailure", f"local endpoint failed: {type(error).__name__}: {error}"))
 

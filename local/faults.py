@@ -21,6 +21,14 @@ KINDS: dict[str, dict[str, str]] = {
         "error": "the model container answers with an error status (option status=500)",
         "slow": "the model takes `seconds` longer; past the 60 s real-time limit SageMaker cuts the call off",
     },
+    "async": {
+        "error": "the model answers the queued request with an error status (option status=400): a Failed notification",
+        "duplicate-notification": "the request's notification is delivered twice (SNS and SQS deliver at least once)",
+        "missing-output": "the Completed notification names an output object that is not there",
+        "malformed-output": "the output object is not the model's JSON",
+        "test-notification": 'a {"eventName": "TestNotification"} arrives first (as CreateEndpoint sends)',
+        "expire": "the request outlives its RequestTTLSeconds in the queue (option notify=True: a Failed notification)",
+    },
     "s3-put": {
         "denied": "PutObject fails with 403 AccessDenied (options bucket=, prefix= select the writes)",
     },
@@ -63,11 +71,11 @@ class Faults:
             self._faults.append(fault)
         return fault
 
-    def take(self, target: str, **request: Any) -> Fault | None:
-        """The first fault of `target` whose options match the request (`bucket`, `key`), used up by one."""
+    def take(self, target: str, kinds: tuple[str, ...] | None = None, **request: Any) -> Fault | None:
+        """The first fault of `target` (of one of `kinds`) whose options match the request, used up by one."""
         with self._lock:
             for fault in self._faults:
-                if fault.target == target and _matches(fault, request):
+                if fault.target == target and (kinds is None or fault.kind in kinds) and _matches(fault, request):
                     fault.fired += 1
                     if fault.remaining is not None:
                         fault.remaining -= 1

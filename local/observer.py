@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 from infra.pipeline import BucketRole, Handler
 from local.aws import EmbeddedAws
@@ -42,6 +42,8 @@ class PipelineObserver:
         self._emit = emit
         # Caller id (`/_caller/<id>` of a handler process) -> the event it is running, for endpoint calls.
         self._running: dict[str, dict[str, Any]] = {}
+        # An asynchronous request's inputLocation -> its upload, for the notification that answers it.
+        self._requests: dict[str, str] = {}
         # Successful endpoint calls per Transcribe job name, i.e. per upload: more than one is a duplicate.
         self.generations: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -78,34 +80,48 @@ class PipelineObserver:
                     )
                 )
 
-    def endpoint_received(self, call: EndpointCall, request: dict[str, Any]) -> None:
-        """A call reached the endpoint: attribute it to its upload and job."""
+    def endpoint_queued(self, call: EndpointCall, input_location: str) -> None:
+        """InvokeEndpointAsync queued a request: attribute it now, while its caller still runs."""
+        self._attribute(call)
         with self._lock:
-            event = self._running.get(call.caller)
-        sources = self._sources(event) if event is not None else []
-        key = sources[0] if sources else ""
-        if event is not None:
-            call.job_name = self._job_of_transcript(event) or ""
+            self._requests[input_location] = call.key
+        self._emit(Progress(call.key, "waiting", f"queued at the endpoint ({call.inference_id}): waiting for the GPU"))
+
+    def endpoint_received(self, call: EndpointCall, request: dict[str, Any]) -> None:
+        """A call reached the model: attribute it to its upload and job."""
+        self._attribute(call)
         parameters = request.get("parameters") or {}
         size = f"{parameters.get('width', '?')}x{parameters.get('height', '?')}"
         steps = parameters.get("num_inference_steps", "?")
-        self._emit(Progress(key, "generate", f"generating {size}, {steps} steps: {request.get('inputs', '')!r}"))
+        self._emit(Progress(call.key, "generate", f"generating {size}, {steps} steps: {request.get('inputs', '')!r}"))
 
     def endpoint_finished(self, call: EndpointCall) -> None:
         """A call was answered: count the generation and report it."""
+        self._attribute(call)
         with self._lock:
-            event = self._running.get(call.caller)
             if call.status == 200 and call.job_name:
                 self.generations[call.job_name] += 1
-        sources = self._sources(event) if event is not None else []
-        key = sources[0] if sources else ""
-        if key:
-            self.traces.get(key).endpoint_calls.append(call)
+        if call.key:
+            self.traces.get(call.key).endpoint_calls.append(call)
         seconds = call.finished_at - call.received_at
         note = ""
-        if seconds > REALTIME_LIMIT_S:
+        if call.inference_id:
+            note = " (time in the endpoint's queue included)"
+        elif seconds > REALTIME_LIMIT_S:
             note = f" (over SageMaker's {REALTIME_LIMIT_S:.0f} s real-time limit: a deployed endpoint would time out)"
-        self._emit(Progress(key, "generated", f"endpoint answered {call.status} in {seconds:.2f} s{note}"))
+        self._emit(Progress(call.key, "generated", f"endpoint answered {call.status} in {seconds:.2f} s{note}"))
+
+    def _attribute(self, call: EndpointCall) -> None:
+        """Fill in the call's upload and job from the invocation running in the calling process (once)."""
+        if call.key:
+            return
+        with self._lock:
+            event = self._running.get(call.caller)
+        if event is None:
+            return
+        sources = self._sources(event)
+        call.key = sources[0] if sources else ""
+        call.job_name = self._job_of_transcript(event) or ""
 
     def _s3_records(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """The S3 records of an event: straight, or inside an SQS batch's message bodies."""
@@ -117,9 +133,22 @@ class PipelineObserver:
                 except ValueError:
                     continue
                 records += self._s3_records(body) if isinstance(body, dict) else []
+                records += self._request_records(body)
             elif isinstance(record.get("s3"), dict):
                 records.append(record)
         return records
+
+    def _request_records(self, body: Any) -> list[dict[str, Any]]:
+        """An async notification as the S3 record of its upload (to attribute async_result's invocations)."""
+        parameters = body.get("requestParameters") if isinstance(body, dict) else None
+        location = parameters.get("inputLocation") if isinstance(parameters, dict) else None
+        with self._lock:
+            key = self._requests.get(location) if isinstance(location, str) else None
+        if not key:
+            return []
+        return [
+            {"s3": {"bucket": {"name": self.aws.bucket_names[BucketRole.INPUT]}, "object": {"key": quote_plus(key)}}}
+        ]
 
     def _sources(self, event: dict[str, Any]) -> list[str]:
         """The uploads (input keys) an event is about."""
@@ -130,7 +159,8 @@ class PipelineObserver:
             job = self.engine.jobs.get(str(detail.get("TranscriptionJobName", "")))
             return [job.source_key] if job is not None else []
         keys = []
-        for record in self._s3_records(event):
+        records = self._s3_records(event) or self._request_records(event)
+        for record in records:
             s3 = record["s3"]
             bucket = s3.get("bucket", {}).get("name", "")
             key = unquote_plus(s3.get("object", {}).get("key", ""))

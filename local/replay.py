@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from infra.pipeline import Handler, Route
+from infra.pipeline import EventRoute, Handler
 
 if TYPE_CHECKING:
     from local.runtime import LocalRuntime
@@ -30,7 +30,7 @@ def replay_dead_letters(runtime: LocalRuntime, handler: Handler) -> Any:
         runtime.deliver(target, payload)
 
     binding = next((item for item in runtime.aws.queues if item.handler is handler), None)
-    source = binding.url if binding is not None and isinstance(binding.route, Route) else None
+    source = binding.url if binding is not None and not isinstance(binding.route, EventRoute) else None
     # moto answers ReceiveMessage exactly, so no wait is needed to see every message (wait_s=0).
     return replay(
         runtime.aws.client("sqs"), runtime.aws.dead_letter_queues[handler], invoke, source_queue_url=source, wait_s=0

@@ -189,7 +189,12 @@ class ResultReader:
         if calls and job is not None and job.asr_done_at:
             call = calls[-1]
             timings["transcript_to_endpoint"] = call.received_at - job.asr_done_at
-            timings["generation"] = call.finished_at - call.received_at
+            started = call.started_at or call.received_at
+            if call.inference_id:
+                # Asynchronous: the request waited in the endpoint's queue; async_result wrote the result.
+                timings["waiting"] = started - call.received_at
+                invocations = trace.invocations_of(Handler.ASYNC_RESULT.value)
+            timings["generation"] = call.finished_at - started
             timings["inference"] = call.inference_s
             if invocations:
                 timings["writes"] = invocations[-1].invocation.ended_at - call.finished_at
@@ -197,7 +202,8 @@ class ResultReader:
             ends.append(record.invocation.ended_at)
         timings["total"] = max(ends) - trace.uploaded_at
         asr = timings.get("decode", 0.0) + timings.get("asr", 0.0)
-        timings["overhead"] = timings["total"] - asr - timings.get("generation", 0.0)
+        # Waiting for the GPU (cold start, other requests) is the endpoint's, not the pipeline's.
+        timings["overhead"] = timings["total"] - asr - timings.get("generation", 0.0) - timings.get("waiting", 0.0)
         if metadata:
             handler_timings = metadata.get("timings") or {}
             for name in ("transcript_read_s", "endpoint_call_s", "writes_s"):

@@ -8,14 +8,14 @@
 The wiring comes from `infra.pipeline` (routes, queue settings, the ledger and `handler_environment`) and
 the configuration from cdk.json's context (`PipelineConfig.from_context`), like the CDK app: local mode
 swaps endpoints, not handlers. This module is the life cycle; `local.settings` has the configuration,
-`local.results` reads what an upload ended as, `local.dispatcher` plays the event sources.
+`local.results` reads what an upload ended as, `local.dispatcher` plays the event sources,
+`local.operations` is what you do with a running pipeline (deliver, hold, replay, sweep) and
+`local.async_endpoint` plays SageMaker asynchronous inference when `endpointMode` is async (the default).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import logging
 import mimetypes
 import os
@@ -23,20 +23,21 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from infra.pipeline import LEDGER_PARTITION_KEY, BucketRole, Handler, handler_environment
+from infra.pipeline import BucketRole, Handler, handler_environment
+from local.async_endpoint import async_endpoint_for
 from local.aws import FAKE_CREDENTIALS, EmbeddedAws, LocalModeError, with_local_environment
 from local.dispatcher import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY_S, Dispatcher
 from local.endpoint import SageMakerRuntimeServer
 from local.faults import Faults
-from local.functions import FunctionPool, Invocation, LocalFunction
+from local.functions import FunctionPool, LocalFunction
 from local.observer import PipelineObserver
-from local.replay import replay_dead_letters
+from local.operations import RuntimeOperations
 from local.results import ResultReader, UploadResult
-from local.schedule import Timer, scheduled_event
+from local.schedule import Timer
 from local.settings import (
     CDK_JSON,
     LAMBDAS_DIR,
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SWEEP_INTERVAL_S = 60.0
 
 
-class LocalRuntime:
+class LocalRuntime(RuntimeOperations):
     """Starts and stops everything; one per process (moto keeps its state per process)."""
 
     def __init__(
@@ -70,6 +71,7 @@ class LocalRuntime:
         retry_delay_s: int = DEFAULT_RETRY_DELAY_S,
         sweep_interval_s: float | None = DEFAULT_SWEEP_INTERVAL_S,
         transcriber_factory: Callable[[], Any] | None = None,
+        cold_start_s: float = 0.0,
     ) -> None:
         config = with_local_environment(config)
         self.config = config
@@ -79,6 +81,8 @@ class LocalRuntime:
         self.retry_delay_s = retry_delay_s
         # None: no timer, the sweeper runs only when `sweep()` is called.
         self.sweep_interval_s = sweep_interval_s
+        # endpointMode=async: seconds the GPU takes to start from zero (before the run's first request).
+        self.cold_start_s = cold_start_s
         self.activity = Activity()
         self.traces = Traces()
         self.faults = Faults()
@@ -93,6 +97,7 @@ class LocalRuntime:
             self.aws.region,
             on_call=self.observer.endpoint_finished,
             on_received=self.observer.endpoint_received,
+            on_queued=self.observer.endpoint_queued,
             faults=self.faults,
         )
         self.pools: dict[Handler, FunctionPool] = {}
@@ -126,7 +131,11 @@ class LocalRuntime:
             self._sqs = self.aws.client("sqs")
             self._reader = ResultReader(self)
             self.endpoint.start()
-            for handler in Handler:
+            if self.config.is_async:
+                self.endpoint.async_endpoint = async_endpoint_for(self, self.cold_start_s)
+                self.endpoint.async_endpoint.start()
+            # As InfraStack: the async_result stage exists only for an asynchronous endpoint.
+            for handler in (h for h in Handler if self.config.is_async or h is not Handler.ASYNC_RESULT):
                 pool = FunctionPool(functools.partial(self._make_function, handler))
                 self.pools[handler] = pool
                 self.functions[handler] = pool.start()
@@ -186,6 +195,9 @@ class LocalRuntime:
             pool.stop()
         self.pools.clear()
         self.functions.clear()
+        if self.endpoint.async_endpoint is not None:
+            self.endpoint.async_endpoint.stop()
+            self.endpoint.async_endpoint = None
         self.endpoint.stop()
         self.aws.stop()
         self._dynamodb = None
@@ -223,64 +235,6 @@ class LocalRuntime:
         for observers.
         """
         self.engine.on_state_change(listener)
-
-    def deliver(self, handler: Handler, event: dict[str, Any]) -> None:
-        """Send an event to a handler through its queue, as S3 or EventBridge would (again, or out of order).
-
-        For an S3 route `event` is the S3 event (an SQS batch event is unwrapped into its messages' bodies).
-        The sweeper has no queue: its (scheduled) event runs it at once.
-        """
-        if handler is Handler.SWEEPER:
-            self.sweep()
-            return
-        bodies = [event]
-        records = event.get("Records")
-        if (
-            handler is not Handler.TRANSCRIBE_FAILED
-            and records
-            and all(record.get("eventSource") == "aws:sqs" for record in records)
-        ):
-            bodies = [json.loads(record["body"]) for record in records]
-        for body in bodies:
-            self._sqs.send_message(QueueUrl=self.aws.queue_for(handler).url, MessageBody=json.dumps(body))
-
-    def dead_letters(self, handler: Handler) -> int:
-        """How many failed events wait in the handler's dead-letter queue."""
-        attributes = self._sqs.get_queue_attributes(
-            QueueUrl=self.aws.dead_letter_queues[handler],
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return sum(int(value) for value in attributes.values())
-
-    def replay_dead_letters(self, handler: Handler | None = None) -> list[Any]:
-        """Send the dead-lettered events back through the pipeline (all handlers, or one): `make replay`, locally."""
-        handlers = [handler] if handler is not None else list(Handler)
-        return [replay_dead_letters(self, name) for name in handlers]
-
-    @contextlib.contextmanager
-    def holding(self, handler: Handler) -> Iterator[None]:
-        """Hold the handler's event source while the block runs: its events wait in its queue, then flow again."""
-        assert self.dispatcher is not None, "start() first"
-        self.dispatcher.hold(handler)
-        try:
-            yield
-        finally:
-            if self.dispatcher is not None:
-                self.dispatcher.release(handler)
-
-    def sweep(self) -> Invocation:
-        """Run the sweeper now, as its schedule would: every upload stuck past the deadline gets an error record."""
-        self.activity.begin()
-        try:
-            invocation = self.functions[Handler.SWEEPER].invoke(scheduled_event(self.aws.account, self.aws.region))
-        finally:
-            self.activity.end()
-        if not invocation.ok:
-            log.error("the sweeper failed: %s", invocation.error_summary)
-        for item in (invocation.result or {}).get("results", []) if invocation.ok else []:
-            if item.get("outcome") == "stuck":
-                self._emit(Progress(item.get("key", ""), "stuck", f"recorded as stuck in stage {item.get('stage')}"))
-        return invocation
 
     @property
     def generations(self) -> Counter[str]:
@@ -323,19 +277,6 @@ class LocalRuntime:
         """The final result of an upload: what the handlers wrote to the output bucket, or why nothing was."""
         assert self._reader is not None, "start() first"
         return self._reader.collect(key)
-
-    def ledger_item(self, key: str) -> dict[str, Any] | None:
-        """The upload ledger's item for an input key, as DynamoDB returns it (None when there is none)."""
-        if self._dynamodb is None:
-            self._dynamodb = self.aws.client("dynamodb")
-        key_item = {LEDGER_PARTITION_KEY: {"S": key}}
-        return self._dynamodb.get_item(TableName=self.aws.ledger_table, Key=key_item, ConsistentRead=True).get("Item")
-
-    def read_notification_configuration(self, role: BucketRole) -> dict[str, Any]:
-        """The bucket's notification configuration as the running S3 reports it."""
-        response = self._s3.get_bucket_notification_configuration(Bucket=self.aws.bucket_names[role])
-        response.pop("ResponseMetadata", None)
-        return response
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -17,15 +17,20 @@ TINY_IMAGE_SIZE = 128
 TINY_STEPS = 4
 
 
-def load_config(cdk_json: Path = CDK_JSON, *, image_overrides: dict[str, Any] | None = None) -> PipelineConfig:
+def load_config(
+    cdk_json: Path = CDK_JSON, *, image_overrides: dict[str, Any] | None = None, endpoint_mode: str | None = None
+) -> PipelineConfig:
     """The CDK app's configuration, built from cdk.json's "context" exactly as infra/app.py does.
 
-    `image_overrides` replace keys of the "imageParameters" context, so they are checked by the same rules.
+    `image_overrides` replace keys of the "imageParameters" context and `endpoint_mode` the "endpointMode" one
+    (as `cdk -c endpointMode=...` would), so they are checked by the same rules.
     """
     try:
         context = dict(json.loads(cdk_json.read_text(encoding="utf-8")).get("context", {}))
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"cannot read the CDK context from {cdk_json}: {error}") from None
+    if endpoint_mode is not None:
+        context["endpointMode"] = endpoint_mode
     if image_overrides:
         context["imageParameters"] = {**(context.get("imageParameters") or {}), **image_overrides}
     return PipelineConfig.from_context(context.get)

@@ -84,6 +84,12 @@ class EndpointCall:
     caller: str = ""
     # The Transcribe job (so the upload) the call generated for, when local mode could tell.
     job_name: str = ""
+    # The upload it generated for; an asynchronous request keeps it from submission to its run.
+    key: str = ""
+    # When the model took the request (an async one waits in the endpoint's queue, cold start included, first).
+    started_at: float = 0.0
+    # InvokeEndpointAsync's InferenceId ("" for a real-time call).
+    inference_id: str = ""
 
 
 @dataclass

@@ -5,7 +5,9 @@ A stage's dead-letter queue holds three shapes (see "Dead-letter records" in doc
   `requestContext.functionArn` (functions invoked asynchronously: EventBridge, the schedule, local mode);
 - an EventBridge target dead letter: the body is the event, the `TARGET_ARN` attribute names the function;
 - a message SQS moved from the stage's source queue after too many receives: the body is the S3 event
-  notification itself (`{"Records": [{"eventSource": "aws:s3", ...}]}`), and it goes back to that queue.
+  notification itself (`{"Records": [{"eventSource": "aws:s3", ...}]}`), or for async_result the SageMaker
+  asynchronous inference notification (`{"eventSource": "aws:sagemaker", ...}`, raw SNS delivery), and it
+  goes back to that queue.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class DeadLetter:
         """What the report calls this event: the function it failed in, or the objects it is about."""
         if self.function_name is not None:
             return self.function_name
+        if _is_sagemaker_notification(self.payload):
+            return f"SageMaker notification (inference {self.payload.get('inferenceId') or '?'})"
         objects = [
             f"s3://{record['s3']['bucket']['name']}/{record['s3']['object']['key']}"
             for record in self.payload.get("Records", [])
@@ -126,6 +130,13 @@ def _is_s3_notification(body: Mapping[str, Any]) -> bool:
     )
 
 
+def _is_sagemaker_notification(body: Mapping[str, Any]) -> bool:
+    """True for an asynchronous inference notification, raw or in its SNS envelope (async_result's queue)."""
+    if body.get("Type") == "Notification" and isinstance(body.get("Message"), str):
+        return '"aws:sagemaker"' in body["Message"] or "TestNotification" in body["Message"]
+    return body.get("eventSource") == "aws:sagemaker" or body.get("eventName") == "TestNotification"
+
+
 def parse_dead_letter(message: Mapping[str, Any]) -> DeadLetter:
     """Read one SQS message (as ReceiveMessage returns it, with MessageAttributes) as a dead letter."""
     message_id = message.get("MessageId")
@@ -153,7 +164,7 @@ def parse_dead_letter(message: Mapping[str, Any]) -> DeadLetter:
         )
 
     context = body.get("requestContext")
-    if context is None and _is_s3_notification(body):
+    if context is None and (_is_s3_notification(body) or _is_sagemaker_notification(body)):
         # SQS moved it here from the stage's source queue after maxReceiveCount receives: it goes back there.
         return DeadLetter(
             message_id=message_id,
@@ -168,7 +179,7 @@ def parse_dead_letter(message: Mapping[str, Any]) -> DeadLetter:
         raise DeadLetterError(
             "neither a Lambda on-failure record (no requestContext.functionArn), "
             "an EventBridge dead letter (no TARGET_ARN attribute), "
-            "nor an S3 event notification from a source queue (no aws:s3 Records)"
+            "nor a notification from a source queue (no aws:s3 Records, no aws:sagemaker eventSource)"
         )
     if "requestPayload" not in body:
         raise DeadLetterError("Lambda on-failure record without requestPayload: the event is not in it")

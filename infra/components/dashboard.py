@@ -8,6 +8,7 @@ from aws_cdk import Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
 from constructs import Construct
 
+from infra.components.endpoint_metrics import endpoint_metric
 from infra.components.stage_function import StageFunction
 from infra.pipeline import METRICS_NAMESPACE, Handler
 
@@ -48,7 +49,14 @@ def stage_seconds(stage: str, percentile: str) -> cloudwatch.Metric:
 class PipelineDashboard(Construct):
     """Uploads, images, errors by code, repeats, stage times, queue depths and Lambda health, one page."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, stages: Mapping[Handler, StageFunction]) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        stages: Mapping[Handler, StageFunction],
+        async_endpoint: str | None = None,
+    ) -> None:
         super().__init__(scope, construct_id)
         # No dashboard name: CloudFormation generates one, so two deployments never collide.
         self.dashboard = cloudwatch.Dashboard(self, "Dashboard", default_interval=Duration.hours(24))
@@ -58,7 +66,11 @@ class PipelineDashboard(Construct):
                 "Uploads",
                 [outcome(trigger, "started", "started"), outcome(trigger, "rejected", "rejected")],
             ),
-            _graph("Images generated", [outcome(invoke_sd, "generated", "generated")]),
+            _graph(
+                "Images generated",
+                [outcome(handler, "generated", f"{handler.value} generated") for handler in (invoke_sd,)]
+                + ([outcome(Handler.ASYNC_RESULT, "generated", "async_result generated")] if async_endpoint else []),
+            ),
         )
         self.dashboard.add_widgets(
             _graph(
@@ -105,6 +117,61 @@ class PipelineDashboard(Construct):
                 [
                     queue.metric_approximate_age_of_oldest_message(period=PERIOD, statistic="Maximum", label=name)
                     for name, queue in queues
+                ],
+            ),
+        )
+
+        if async_endpoint:
+            self._add_async_endpoint(async_endpoint)
+
+    def _add_async_endpoint(self, endpoint_name: str) -> None:
+        """The async endpoint's queue, the age of its oldest request, and its failures (by endpoint name).
+
+        By name, not by reference: the endpoint lives in the other stack, which may be destroyed and
+        redeployed alone; a cross-stack reference would tie the two together.
+        """
+        self.dashboard.add_widgets(
+            _graph(
+                "Async endpoint: requests waiting (and waiting with no instance)",
+                [
+                    endpoint_metric(
+                        endpoint_name, "ApproximateBacklogSize", statistic="Maximum", period=PERIOD, label="backlog"
+                    ),
+                    endpoint_metric(
+                        endpoint_name,
+                        "ApproximateBacklogSizePerInstance",
+                        statistic="Average",
+                        period=PERIOD,
+                        label="backlog per instance",
+                    ),
+                    endpoint_metric(
+                        endpoint_name,
+                        "HasBacklogWithoutCapacity",
+                        statistic="Maximum",
+                        period=PERIOD,
+                        label="backlog, no instance",
+                    ),
+                ],
+            ),
+            _graph(
+                "Async endpoint: age of the oldest request (seconds)",
+                [
+                    endpoint_metric(
+                        endpoint_name,
+                        "ApproximateAgeOfOldestRequest",
+                        statistic="Maximum",
+                        period=PERIOD,
+                        label="oldest request",
+                    )
+                ],
+            ),
+        )
+        self.dashboard.add_widgets(
+            _graph(
+                "Async endpoint: failed invocations and notifications",
+                [
+                    endpoint_metric(endpoint_name, name, statistic="Sum", period=PERIOD, label=name)
+                    for name in ("InvocationFailures", "NotificationFailures")
                 ],
             ),
         )

@@ -1,6 +1,8 @@
-"""A SageMaker real-time endpoint serving Stable Diffusion from the Hugging Face PyTorch DLC."""
+"""A SageMaker endpoint (real-time or asynchronous) serving Stable Diffusion from the Hugging Face PyTorch DLC."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from aws_cdk import Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -9,12 +11,15 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sagemaker as sagemaker
+from aws_cdk import aws_sns as sns
 from aws_cdk.region_info import Fact, FactName
 from constructs import Construct
 
+from infra.components.endpoint_metrics import VARIANT_NAME
 from infra.components.stage_function import retention_days
 from infra.config import ConfigError, PipelineConfig
-from infra.nag import acknowledge
+from infra.nag import acknowledge, render_intrinsic
+from infra.pipeline import ASYNC_FAILURE_PREFIX, ASYNC_OUTPUT_PREFIX, ASYNC_REQUEST_PREFIX
 
 DLC_REPOSITORY = "huggingface-pytorch-inference"
 # Hugging Face PyTorch inference DLC (torch 2.6, transformers 4.49, diffusers 0.32.2, toolkit 2.4.1);
@@ -23,8 +28,29 @@ DLC_TAG = "2.6.0-transformers4.49.0-gpu-py312-cu124-ubuntu22.04"
 # A 4 GB SD v1.x archive: download, unpack and load with room to spare.
 MODEL_DOWNLOAD_TIMEOUT_S = 1200
 STARTUP_HEALTH_CHECK_TIMEOUT_S = 900
-# The one production variant; SageMaker's endpoint metrics are per EndpointName and VariantName.
-VARIANT_NAME = "AllTraffic"
+
+
+# One request at a time per instance: one copy of the model fills the GPU, a second would only queue inside it.
+ASYNC_MAX_CONCURRENT_INVOCATIONS_PER_INSTANCE = 1
+
+
+@dataclass(frozen=True)
+class AsyncInference:
+    """Where an asynchronous endpoint reads requests, writes results, and reports them (all from InfraStack)."""
+
+    # The transcripts bucket (its ASYNC_* prefixes), as values InfraStack exports: see infra/app.py.
+    bucket_arn: str
+    bucket_name: str
+    success_topic: sns.ITopic
+    error_topic: sns.ITopic
+
+    def s3_uri(self, prefix: str) -> str:
+        """`s3://<bucket>/<prefix>`."""
+        return f"s3://{self.bucket_name}/{prefix}"
+
+    def objects_arn(self, prefix: str) -> str:
+        """The ARN pattern of every object under `prefix`."""
+        return f"{self.bucket_arn}/{prefix}*"
 
 
 def dlc_account(stack: Stack) -> str:
@@ -46,7 +72,13 @@ class StableDiffusionEndpoint(Construct):
     """CfnModel + CfnEndpointConfig + CfnEndpoint, with an execution role scoped to one model object."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, config: PipelineConfig, model_bucket: s3.IBucket
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: PipelineConfig,
+        model_bucket: s3.IBucket,
+        async_inference: AsyncInference | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -82,6 +114,9 @@ class StableDiffusionEndpoint(Construct):
             removal_policy=RemovalPolicy.DESTROY,
         )
         self.log_group.grant_write(self.role)
+        if async_inference is not None:
+            self._allow_async(async_inference)
+        policy = self.role.node.find_child("DefaultPolicy")
 
         self.model_data_url = f"s3://{model_bucket.bucket_name}/{config.model_data_key}"
         model = sagemaker.CfnModel(
@@ -103,7 +138,7 @@ class StableDiffusionEndpoint(Construct):
             ),
         )
         # The role's policy must exist before SageMaker validates access to the archive.
-        model.node.add_dependency(self.role.node.find_child("DefaultPolicy"))
+        model.node.add_dependency(policy)
         endpoint_config = sagemaker.CfnEndpointConfig(
             self,
             "Config",
@@ -111,13 +146,16 @@ class StableDiffusionEndpoint(Construct):
                 sagemaker.CfnEndpointConfig.ProductionVariantProperty(
                     variant_name=VARIANT_NAME,
                     model_name=model.attr_model_name,
-                    initial_instance_count=1,
+                    # Realtime runs min_instances, unscaled (1 by default). Async starts with at least one
+                    # (SageMaker refuses 0); its scaling policy takes it to min_instances once idle.
+                    initial_instance_count=max(1, config.min_instance_count),
                     initial_variant_weight=1.0,
                     instance_type=config.instance_type,
                     model_data_download_timeout_in_seconds=MODEL_DOWNLOAD_TIMEOUT_S,
                     container_startup_health_check_timeout_in_seconds=STARTUP_HEALTH_CHECK_TIMEOUT_S,
                 )
             ],
+            async_inference_config=_async_config(async_inference) if async_inference is not None else None,
         )
         self.endpoint = sagemaker.CfnEndpoint(
             self,
@@ -125,8 +163,39 @@ class StableDiffusionEndpoint(Construct):
             endpoint_config_name=endpoint_config.attr_endpoint_config_name,
             # The physical name is the contract with InfraStack's invoke_sd (see PipelineConfig).
             endpoint_name=config.endpoint_name,
+            # An autoscaled endpoint keeps its current instance count across a config update instead of
+            # going back to InitialInstanceCount (which must be >= 1, so every deploy starts an instance).
+            retain_all_variant_properties=True if async_inference is not None else None,
         )
         self.endpoint.node.add_dependency(self.log_group)
+        # CreateEndpoint publishes a TestNotification to both topics with the role and FAILS if the role's
+        # policy is not attached yet; the model's dependency alone does not say so.
+        self.endpoint.node.add_dependency(policy)
+
+    def _allow_async(self, target: AsyncInference) -> None:
+        """Read staged requests, write outputs and failures, and publish to both topics (and use their key)."""
+        requests = target.objects_arn(ASYNC_REQUEST_PREFIX)
+        results = [target.objects_arn(prefix) for prefix in (ASYNC_OUTPUT_PREFIX, ASYNC_FAILURE_PREFIX)]
+        self.role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[requests]))
+        for action in ("s3:PutObject", "s3:AbortMultipartUpload"):
+            self.role.add_to_principal_policy(iam.PolicyStatement(actions=[action], resources=results))
+        # SageMaker publishes with this role's credentials; grant_publish adds kms:Decrypt and
+        # kms:GenerateDataKey* on the topics' key as well.
+        target.success_topic.grant_publish(self.role)
+        target.error_topic.grant_publish(self.role)
+        stack = Stack.of(self)
+        reason = (
+            "SageMaker names async request, output and failure objects by inference id at run time; the "
+            "pattern is limited to one prefix of the pipeline's transcripts bucket."
+        )
+        for resource in (requests, *results):
+            acknowledge(self.role, f"AwsSolutions-IAM5[Resource::{render_intrinsic(stack.resolve(resource))}]", reason)
+        acknowledge(
+            self.role,
+            "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
+            "Publishing to an SSE-KMS topic needs GenerateDataKey (AWS documents kms:GenerateDataKey* for SNS "
+            "publishers); the statement names the topics' own key only.",
+        )
 
     def metric(self, metric_name: str, *, statistic: str, period: Duration) -> cloudwatch.Metric:
         """A SageMaker invocation metric (namespace AWS/SageMaker) of this endpoint's one variant."""
@@ -145,3 +214,20 @@ class StableDiffusionEndpoint(Construct):
     def metric_model_latency(self, period: Duration) -> cloudwatch.Metric:
         """The slowest model response in the period, in MICROseconds (SageMaker's unit for ModelLatency)."""
         return self.metric("ModelLatency", statistic="Maximum", period=period)
+
+
+def _async_config(target: AsyncInference) -> sagemaker.CfnEndpointConfig.AsyncInferenceConfigProperty:
+    """Results and failures under the transcripts bucket's async prefixes, notified to the two topics."""
+    return sagemaker.CfnEndpointConfig.AsyncInferenceConfigProperty(
+        output_config=sagemaker.CfnEndpointConfig.AsyncInferenceOutputConfigProperty(
+            s3_output_path=target.s3_uri(ASYNC_OUTPUT_PREFIX),
+            s3_failure_path=target.s3_uri(ASYNC_FAILURE_PREFIX),
+            notification_config=sagemaker.CfnEndpointConfig.AsyncInferenceNotificationConfigProperty(
+                success_topic=target.success_topic.topic_arn,
+                error_topic=target.error_topic.topic_arn,
+            ),
+        ),
+        client_config=sagemaker.CfnEndpointConfig.AsyncInferenceClientConfigProperty(
+            max_concurrent_invocations_per_instance=ASYNC_MAX_CONCURRENT_INVOCATIONS_PER_INSTANCE
+        ),
+    )

@@ -12,6 +12,7 @@ from infra.components.stage_function import MAX_EVENT_AGE, StageFunction
 from infra.components.storage import PipelineBuckets
 from infra.config import PipelineConfig
 from infra.pipeline import (
+    ASYNC_REQUEST_PREFIX,
     ERROR_PREFIX,
     IMAGE_PREFIX,
     JOB_NAME_PREFIX,
@@ -163,7 +164,15 @@ class ImageGenerator(Construct):
         endpoint_arn = Stack.of(self).format_arn(
             service="sagemaker", resource="endpoint", resource_name=config.endpoint_name.lower()
         )
-        self.stage.allow("sagemaker:InvokeEndpoint", endpoint_arn)
+        if not config.is_async:
+            self.stage.allow("sagemaker:InvokeEndpoint", endpoint_arn)
+            return
+        # Async: stage the request in S3 (SageMaker reads it with the endpoint's role), then queue it there;
+        # a request the endpoint refuses for good is taken back at once instead of waiting for the lifecycle rule.
+        requests = buckets[BucketRole.TRANSCRIPTS].arn_for_objects(f"{ASYNC_REQUEST_PREFIX}*")
+        self.stage.allow("s3:PutObject", requests, wildcard_reason=_KEYS_FROM_UPLOADS)
+        self.stage.allow("s3:DeleteObject", requests, wildcard_reason=_KEYS_FROM_UPLOADS)
+        self.stage.allow("sagemaker:InvokeEndpointAsync", endpoint_arn)
 
 
 class TranscribeFailureRecorder(Construct):

@@ -7,10 +7,20 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra.config import PipelineConfig
-from infra.pipeline import VERSIONED_BUCKETS, BucketRole
+from infra.pipeline import (
+    ASYNC_FAILURE_PREFIX,
+    ASYNC_OBJECT_RETENTION_DAYS,
+    ASYNC_OUTPUT_PREFIX,
+    ASYNC_REQUEST_PREFIX,
+    VERSIONED_BUCKETS,
+    BucketRole,
+)
 
 # Access logs are for audits of recent activity; three months bounds their storage cost.
 ACCESS_LOG_RETENTION = Duration.days(90)
+# The one folder that holds every asynchronous inference object (requests, outputs, failures).
+ASYNC_PREFIX = ASYNC_REQUEST_PREFIX.split("/", 1)[0] + "/"
+assert all(prefix.startswith(ASYNC_PREFIX) for prefix in (ASYNC_OUTPUT_PREFIX, ASYNC_FAILURE_PREFIX))
 # A versioned bucket keeps replaced objects only as long as a late event might still read them.
 NONCURRENT_VERSION_RETENTION = Duration.days(1)
 
@@ -54,6 +64,15 @@ class PipelineBuckets(Construct):
             )
             for role in BucketRole
         }
+        if config.is_async:
+            # async_result removes each request and result once recorded; what it never saw (an expired
+            # request, a result whose notification was lost) must not stay forever. The noncurrent-version
+            # rule then removes the expired objects' last versions a day later.
+            self._buckets[BucketRole.TRANSCRIPTS].add_lifecycle_rule(
+                id="ExpireAsyncInferenceObjects",
+                prefix=ASYNC_PREFIX,
+                expiration=Duration.days(ASYNC_OBJECT_RETENTION_DAYS),
+            )
 
     def __getitem__(self, role: BucketRole) -> s3.Bucket:
         """The bucket that plays `role`."""

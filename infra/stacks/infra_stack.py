@@ -13,6 +13,7 @@ from aws_cdk import aws_s3_notifications as s3n
 from constructs import Construct
 
 from infra.components.alarms import ALARM_PERIOD, AlarmTopic, notify_alarm
+from infra.components.async_result import AsyncResultRecorder, AsyncResultTopics
 from infra.components.dashboard import PipelineDashboard
 from infra.components.ledger import UploadLedger
 from infra.components.stage_function import StageFunction
@@ -47,6 +48,10 @@ class InfraStack(Stack):
         self.image_generator = ImageGenerator(self, "ImageGenerator", **parts)
         self.transcribe_failure_recorder = TranscribeFailureRecorder(self, "TranscribeFailureRecorder", **parts)
         self.sweeper = DeadlineSweeper(self, "Sweeper", **parts)
+        # Async mode only: SageMaker reports each result to SNS, and this stage turns it into the upload's result.
+        self.async_result_recorder = (
+            AsyncResultRecorder(self, "AsyncResultRecorder", **parts) if config.is_async else None
+        )
         self.stages: dict[Handler, StageFunction] = {
             stage.handler: stage
             for stage in (
@@ -56,6 +61,8 @@ class InfraStack(Stack):
                 self.sweeper.stage,
             )
         }
+        if self.async_result_recorder is not None:
+            self.stages[Handler.ASYNC_RESULT] = self.async_result_recorder.stage
         # S3 notifies a queue, not the function: a burst of uploads waits there for the event source mapping
         # (bounded by MaximumConcurrency) instead of being throttled, retried twice and dead-lettered.
         for route in routes(config):
@@ -85,10 +92,13 @@ class InfraStack(Stack):
         for stage in self.stages.values():
             self._alarm_on_failures(stage)
         self._alarm_on_backlog(self.image_generator.stage)
-        self.dashboard = PipelineDashboard(self, "Dashboard", stages=self.stages)
+        self.dashboard = PipelineDashboard(
+            self, "Dashboard", stages=self.stages, async_endpoint=config.endpoint_name if config.is_async else None
+        )
 
         self._acknowledge_cdk_internals()
         self.model_bucket = self.buckets[BucketRole.MODEL]
+        self.transcript_bucket = self.buckets[BucketRole.TRANSCRIPTS]
         outputs = {
             "InputBucketName": (self.buckets[BucketRole.INPUT].bucket_name, "Upload recordings here"),
             "TranscriptBucketName": (self.buckets[BucketRole.TRANSCRIPTS].bucket_name, "Amazon Transcribe output"),
@@ -108,11 +118,20 @@ class InfraStack(Stack):
                 f"Events {handler.value} failed on",
             )
             if stage.source_queue is not None:
-                outputs[f"{camel}QueueUrl"] = (stage.source_queue.queue_url, f"S3 events waiting for {handler.value}")
+                source = "SageMaker notifications" if handler is Handler.ASYNC_RESULT else "S3 events"
+                outputs[f"{camel}QueueUrl"] = (stage.source_queue.queue_url, f"{source} waiting for {handler.value}")
+        if self.async_topics is not None:
+            outputs["AsyncSuccessTopicArn"] = (self.async_topics.success.topic_arn, "SageMaker async results (success)")
+            outputs["AsyncErrorTopicArn"] = (self.async_topics.error.topic_arn, "SageMaker async results (failure)")
         outputs["LedgerTableName"] = (self.ledger.table_name, "The upload ledger (one item per upload key)")
         outputs["DashboardName"] = (self.dashboard.dashboard.dashboard_name, "CloudWatch dashboard of the pipeline")
         for output_id, (value, description) in outputs.items():
             CfnOutput(self, output_id, value=value, description=description)
+
+    @property
+    def async_topics(self) -> AsyncResultTopics | None:
+        """The topics the async endpoint notifies (the endpoint stack grants its role on them); None in realtime."""
+        return self.async_result_recorder.topics if self.async_result_recorder is not None else None
 
     def _alarm_on_failures(self, stage: StageFunction) -> None:
         """A failed invocation, and an event waiting in the dead-letter queue, each notify the alarm topic."""

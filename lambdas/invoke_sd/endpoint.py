@@ -1,25 +1,23 @@
-"""The SageMaker endpoint call: request, retries of transient errors, failures classified, response parsed."""
+"""The SageMaker endpoint call: request, retries of transient errors, failures classified."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import HTTPClientError, IncompleteReadError
 
 from pipeline_common.aws_errors import error_code, error_message, http_status
+from pipeline_common.endpoint_output import innermost_message
 
 logger = logging.getLogger(__name__)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+T = TypeVar("T")
 
 
 # SageMaker ends a real-time invocation after 60 s and reports it as a ModelError with this wording.
@@ -51,18 +49,6 @@ class RetryPolicy:
     def delay(self, attempt: int, rand: Callable[[], float]) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         return rand() * min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-
-
-@dataclass(frozen=True)
-class GeneratedImage:
-    """A parsed endpoint response."""
-
-    png: bytes
-    parameters: Mapping[str, Any]
-    nsfw_content_detected: bool
-    prompt_truncated: bool
-    timings: Mapping[str, Any]
-    model: Mapping[str, Any]
 
 
 class EndpointFailure(RuntimeError):
@@ -137,21 +123,8 @@ def endpoint_message(error: BaseException) -> str:
     response = getattr(error, "response", None)
     original = response.get("OriginalMessage") if isinstance(response, dict) else None
     if original:
-        return _innermost_message(str(original))
+        return innermost_message(str(original))
     return error_message(error)
-
-
-def _innermost_message(text: str, depth: int = 0) -> str:
-    # The DLC's Multi Model Server wraps the model's `{"error": ...}` as a JSON string inside its own
-    # `{"code", "type", "message"}` envelope: unwrap until plain text.
-    try:
-        body = json.loads(text)
-    except (TypeError, ValueError):
-        return text
-    if not isinstance(body, dict) or depth > 3:
-        return text
-    inner = body.get("error") or body.get("message")
-    return _innermost_message(str(inner), depth + 1) if inner else text
 
 
 def describe_endpoint_failure(error: BaseException, endpoint_name: str, attempts: int) -> EndpointFailure:
@@ -221,19 +194,36 @@ def invoke_endpoint(
     sleep: Callable[[float], None],
     rand: Callable[[], float],
 ) -> tuple[bytes, int]:
-    """Call the endpoint, retrying transient errors; returns the response body and the attempts used.
+    """Call the endpoint, retrying transient errors; returns the response body and the attempts used."""
 
-    The botocore client is configured not to retry itself, so this loop is the only one.
+    def call() -> bytes:
+        response = sagemaker.invoke_endpoint(
+            EndpointName=endpoint_name, ContentType="application/json", Accept="application/json", Body=body
+        )
+        # Reading the stream can time out too: it belongs to the attempt.
+        return response["Body"].read()
+
+    return call_with_retries(call, endpoint_name=endpoint_name, policy=policy, sleep=sleep, rand=rand)
+
+
+def call_with_retries(
+    call: Callable[[], T],
+    *,
+    endpoint_name: str,
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+    rand: Callable[[], float],
+) -> tuple[T, int]:
+    """Run one endpoint call, retrying transient errors; its result and the attempts used.
+
+    The last error becomes an `EndpointFailure`. The botocore client is configured not to retry itself, so
+    this loop is the only one (for InvokeEndpoint and InvokeEndpointAsync alike).
     """
     attempt = 0
     while True:
         attempt += 1
         try:
-            response = sagemaker.invoke_endpoint(
-                EndpointName=endpoint_name, ContentType="application/json", Accept="application/json", Body=body
-            )
-            # Reading the stream can time out too: it belongs to the attempt.
-            return response["Body"].read(), attempt
+            return call(), attempt
         except Exception as error:
             if not is_transient(error) or attempt >= policy.max_attempts:
                 raise describe_endpoint_failure(error, endpoint_name, attempt) from error
@@ -249,23 +239,3 @@ def invoke_endpoint(
                 },
             )
             sleep(delay)
-
-
-def parse_response(payload: bytes, requested: Mapping[str, Any]) -> GeneratedImage:
-    """Parse the endpoint's JSON response (docs/CONTRACTS.md); `ValueError` when it does not match."""
-    try:
-        document = json.loads(payload)
-        images = document["images"]
-        png = base64.b64decode(images[0], validate=True)
-    except (UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, binascii.Error) as error:
-        raise ValueError(f"the endpoint response has no base64 image in 'images': {error!r}") from None
-    if not png.startswith(PNG_SIGNATURE):
-        raise ValueError("the endpoint's first image is not a PNG")
-    return GeneratedImage(
-        png=png,
-        parameters=document.get("parameters") or dict(requested),
-        nsfw_content_detected=any(document.get("nsfw_content_detected") or []),
-        prompt_truncated=bool(document.get("prompt_truncated", False)),
-        timings=document.get("timings") or {},
-        model=document.get("model") or {},
-    )

@@ -1,8 +1,11 @@
-"""invoke_sd, top to bottom: transcript -> checks -> endpoint -> the upload's one result."""
+"""invoke_sd, top to bottom: transcript -> checks -> endpoint -> the upload's one result.
+
+A real-time endpoint answers at once and the image is committed here; an asynchronous endpoint gets a queued
+request (`async_request`) and the async_result stage commits the result when SageMaker's notification arrives.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -12,17 +15,20 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from invoke_sd.endpoint import EndpointFailure, RetryPolicy, invoke_endpoint, parse_response, request_parameters
-from invoke_sd.render import metadata_document, render_html, truncation_notices
+from invoke_sd.async_request import SUBMITTED, request_body, submit_request, wait_seconds
+from invoke_sd.endpoint import EndpointFailure, RetryPolicy, invoke_endpoint, request_parameters
 from invoke_sd.settings import Settings
 from invoke_sd.transcript import Transcript, TranscriptError, make_prompt, parse_transcript
 from pipeline_common.aws_errors import error_code, is_not_found
 from pipeline_common.batch import process_each
 from pipeline_common.error_records import utc_now
 from pipeline_common.events import S3Record
+from pipeline_common.generation import GENERATED, commit_rejection, commit_response
 from pipeline_common.keys import source_key_from_transcript_key
-from pipeline_common.ledger import Entry, LedgerError
-from pipeline_common.results import COMMITTED, DUPLICATE, SUPERSEDED, ImageSet, Results
+from pipeline_common.ledger import GENERATING, WAITING, Entry, LedgerError
+from pipeline_common.render import ImageRequest
+from pipeline_common.results import DUPLICATE, SUPERSEDED, Results
+from pipeline_common.settings import ASYNC
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +107,19 @@ def generate_image(record: S3Record, deps: Dependencies) -> Result:
         return _done(deps, checked)
     assert transcript is not None
     prompt, transcript_truncated = checked
+    request = ImageRequest(
+        source_key=source_key,
+        upload_id=entry.upload_id,
+        transcript=transcript,
+        transcript_location=location,
+        prompt=prompt,
+        transcript_truncated=transcript_truncated,
+        max_prompt_chars=settings.max_prompt_chars,
+        parameters=request_parameters(settings.image_parameters, source_key),
+        timings={"transcript_read_s": round(read_s, 4)},
+    )
     try:
-        return _done(deps, _generate(deps, entry, transcript, prompt, transcript_truncated, location, read_s, reject))
+        return _done(deps, _generate(deps, entry, request, reject))
     except EndpointFailure as failure:
         # Transient (overloaded, scaling): the record says so in the endpoint's words; the queue retries.
         results.record_retry(entry, stage="generate", code=failure.code, reason=failure.reason, action=failure.action)
@@ -116,12 +133,16 @@ def _rejecter(results: Results, entry: Entry, location: dict[str, Any]) -> Calla
     """Commit an error record as the upload's result; the Result says what happened."""
 
     def reject(stage: str, code: str, reason: str, action: str, **details: Any) -> Result:
-        committed = results.commit_error(
-            entry, stage=stage, code=code, reason=reason, action=action, details={"transcript": location, **details}
+        outcome = commit_rejection(
+            results,
+            entry,
+            stage=stage,
+            code=code,
+            reason=reason,
+            action=action,
+            details={"transcript": location, **details},
         )
-        if committed.outcome != COMMITTED:
-            return Result(entry.key, committed.outcome)
-        return Result(entry.key, "rejected", error_key=committed.key)
+        return Result(entry.key, outcome.outcome, error_key=outcome.error_key)
 
     return reject
 
@@ -155,24 +176,20 @@ def _check_transcript(
     return prompt, transcript_truncated
 
 
-def _generate(
-    deps: Dependencies,
-    entry: Entry,
-    transcript: Transcript,
-    prompt: str,
-    transcript_truncated: bool,
-    location: dict[str, Any],
-    read_s: float,
-    reject: Callable[..., Result],
-) -> Result:
-    """Take the upload's generation lease, then generate and commit; the lease is given back on any failure."""
-    results = deps.results
+def _generate(deps: Dependencies, entry: Entry, request: ImageRequest, reject: Callable[..., Result]) -> Result:
+    """Take the upload's generation lease, then generate (real-time) or submit (async); given back on any failure."""
+    settings, results = deps.settings, deps.results
     key = entry.key
-    # The generation lease: one GPU call per upload, however often the transcript's event is delivered.
+    asynchronous = settings.endpoint_mode == ASYNC
+    # The generation lease: one GPU request per upload, however often the transcript's event is delivered. An
+    # asynchronous request keeps it (stage `waiting`) until its notification, or until it can no longer come.
+    stage, until = (
+        (WAITING, time.time() + wait_seconds(settings)) if asynchronous else (GENERATING, results.lease_until())
+    )
     token = uuid.uuid4().hex
     try:
         results.ledger.begin_generation(
-            key, entry.upload_id, token=token, until=results.lease_until(), now=utc_now(), clock=time.time()
+            key, entry.upload_id, token=token, until=until, now=utc_now(), clock=time.time(), stage=stage
         )
     except LedgerError as refused:
         current = refused.entry
@@ -181,7 +198,9 @@ def _generate(
         return Result(key, outcome)
 
     try:
-        return _generate_with_lease(deps, entry, transcript, prompt, transcript_truncated, location, read_s, reject)
+        if asynchronous:
+            return _submit_with_lease(deps, request, reject)
+        return _generate_with_lease(deps, entry, request, reject)
     except BaseException:
         # Transient or unexpected: give the lease back so the queue's retry need not wait for it to run out.
         try:
@@ -191,27 +210,30 @@ def _generate(
         raise
 
 
+def _submit_with_lease(deps: Dependencies, request: ImageRequest, reject: Callable[..., Result]) -> Result:
+    """Queue the request at the asynchronous endpoint; a permanent failure is the upload's error record."""
+    try:
+        submit_request(
+            deps.sagemaker, deps.s3, deps.settings, request, policy=deps.policy, sleep=deps.sleep, rand=deps.rand
+        )
+    except EndpointFailure as failure:
+        if failure.transient:
+            raise
+        return _reject_failure(reject, request.source_key, failure)
+    return Result(request.source_key, SUBMITTED)
+
+
 def _generate_with_lease(
-    deps: Dependencies,
-    entry: Entry,
-    transcript: Transcript,
-    prompt: str,
-    transcript_truncated: bool,
-    location: dict[str, Any],
-    read_s: float,
-    reject: Callable[..., Result],
+    deps: Dependencies, entry: Entry, request: ImageRequest, reject: Callable[..., Result]
 ) -> Result:
     """Call the endpoint and commit the image (or the permanent failure) while holding the generation lease."""
     settings, results = deps.settings, deps.results
-    key = entry.key
-    parameters = request_parameters(settings.image_parameters, key)
-    body = json.dumps({"inputs": prompt, "parameters": parameters}).encode("utf-8")
     started = time.perf_counter()
     try:
         payload, attempts = invoke_endpoint(
             deps.sagemaker,
             endpoint_name=settings.endpoint_name,
-            body=body,
+            body=request_body(request),
             policy=deps.policy,
             sleep=deps.sleep,
             rand=deps.rand,
@@ -219,81 +241,32 @@ def _generate_with_lease(
     except EndpointFailure as failure:
         if failure.transient:
             raise
-        # The endpoint's own words (they may name a role or account) go to the log; the record is redacted.
-        logger.error(
-            "image generation failed for good",
-            extra={"key": key, "error_code": failure.code, "reason": failure.reason},
-            exc_info=failure.__cause__,
-        )
-        return reject("generate", failure.code, failure.reason, failure.action, attempts=failure.attempts)
+        return _reject_failure(reject, entry.key, failure)
     call_s = time.perf_counter() - started
-    try:
-        image = parse_response(payload, parameters)
-    except ValueError as error:
-        return reject(
-            "generate",
-            "bad-endpoint-response",
-            str(error),
-            f"check that {settings.endpoint_name} serves this project's code/inference.py",
-            attempts=attempts,
-        )
-    if image.nsfw_content_detected:
-        return reject(
-            "generate",
-            "nsfw-filtered",
-            "the safety checker flagged the generated image as not safe for work, so it was not kept",
-            "rephrase the prompt (say it differently) and record again",
-            prompt=prompt,
-        )
-
-    notices = truncation_notices(
-        transcript_truncated=transcript_truncated,
-        prompt_truncated=image.prompt_truncated,
-        max_prompt_chars=settings.max_prompt_chars,
-        prompt=prompt,
-    )
-    keys = results.store.image_keys(key)
-    page = render_html(
-        source_key=key,
-        transcript=transcript.text,
-        prompt=prompt,
-        png=image.png,
-        parameters=image.parameters,
-        notices=notices,
-    )
-    metadata = metadata_document(
-        settings=settings,
-        source_key=key,
-        transcript=transcript,
-        transcript_location=location,
-        prompt=prompt,
-        transcript_truncated=transcript_truncated,
-        image=image,
-        notices=notices,
-        keys=keys,
-        timings={
-            "transcript_read_s": round(read_s, 4),
-            "endpoint_call_s": round(call_s, 4),
-            "endpoint_attempts": attempts,
-            "endpoint": dict(image.timings),
-        },
-        upload_id=entry.upload_id,
-        created=utc_now(),
-    )
-    committed = results.commit_images(
+    outcome = commit_response(
+        results,
         entry,
-        ImageSet(
-            png=image.png,
-            html=page,
-            metadata=json.dumps(metadata, ensure_ascii=False, indent=2).encode("utf-8"),
-        ),
+        request,
+        payload,
+        settings=settings,
+        timings={"endpoint_call_s": round(call_s, 4), "endpoint_attempts": attempts},
+        details={"attempts": attempts},
     )
-    if committed.outcome != COMMITTED:
-        return Result(key, committed.outcome)
-    results.metrics.stage_seconds("generate", call_s)
-    results.metrics.stage_seconds("total", _seconds_since(entry.received_at))
-    logger.info("image written", extra={"key": key, "image_key": keys.png})
-    return Result(key, "generated", image_key=keys.png)
+    if outcome.outcome == GENERATED:
+        results.metrics.stage_seconds("generate", call_s)
+        results.metrics.stage_seconds("total", _seconds_since(entry.received_at))
+    return Result(entry.key, outcome.outcome, image_key=outcome.image_key, error_key=outcome.error_key)
+
+
+def _reject_failure(reject: Callable[..., Result], key: str, failure: EndpointFailure) -> Result:
+    """A permanent endpoint failure as the upload's error record."""
+    # The endpoint's own words (they may name a role or account) go to the log; the record is redacted.
+    logger.error(
+        "image generation failed for good",
+        extra={"key": key, "error_code": failure.code, "reason": failure.reason},
+        exc_info=failure.__cause__,
+    )
+    return reject("generate", failure.code, failure.reason, failure.action, attempts=failure.attempts)
 
 
 def generate_images(records: Sequence[S3Record], deps: Dependencies) -> list[Result]:

@@ -6,10 +6,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline_common.settings import CommonSettings, as_float, as_int, as_json_object, optional, require
+from pipeline_common.settings import (
+    REALTIME,
+    CommonSettings,
+    SettingsError,
+    as_float,
+    as_int,
+    endpoint_from_env,
+    optional,
+    require,
+)
 
 DEFAULT_MAX_PROMPT_CHARS = 1000
 DEFAULT_MIN_TRANSCRIPT_CONFIDENCE = 0.2
+DEFAULT_REQUEST_TTL_SECONDS = 7200
+# InvokeEndpointAsync's RequestTTLSeconds allows 60..21600 s.
+MIN_REQUEST_TTL_SECONDS = 60
+MAX_REQUEST_TTL_SECONDS = 21600
 
 
 @dataclass(frozen=True)
@@ -21,15 +34,26 @@ class Settings(CommonSettings):
     image_parameters: Mapping[str, Any] = field(default_factory=dict)
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     min_transcript_confidence: float = DEFAULT_MIN_TRANSCRIPT_CONFIDENCE
+    # "realtime": InvokeEndpoint and the image at once; "async": a request queued at the endpoint (async_request).
+    endpoint_mode: str = REALTIME
+    transcript_bucket: str = ""
+    async_request_prefix: str = "async/requests/"
+    request_ttl_seconds: int = DEFAULT_REQUEST_TTL_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read and check the variables set by infra/pipeline.py; `SettingsError` names any bad one."""
+        request_ttl_seconds = as_int(
+            "REQUEST_TTL_SECONDS",
+            optional(environ, "REQUEST_TTL_SECONDS", str(DEFAULT_REQUEST_TTL_SECONDS)),
+            minimum=MIN_REQUEST_TTL_SECONDS,
+        )
+        if request_ttl_seconds > MAX_REQUEST_TTL_SECONDS:
+            raise SettingsError(f"environment variable REQUEST_TTL_SECONDS must be at most {MAX_REQUEST_TTL_SECONDS}")
         return cls(
             **cls.common_from_env(environ),
+            **endpoint_from_env(environ),
             transcript_prefix=require(environ, "TRANSCRIPT_PREFIX"),
-            endpoint_name=require(environ, "ENDPOINT_NAME"),
-            image_parameters=as_json_object("IMAGE_PARAMETERS", optional(environ, "IMAGE_PARAMETERS", "{}")),
             max_prompt_chars=as_int(
                 "MAX_PROMPT_CHARS", optional(environ, "MAX_PROMPT_CHARS", str(DEFAULT_MAX_PROMPT_CHARS)), minimum=1
             ),
@@ -39,4 +63,5 @@ class Settings(CommonSettings):
                 minimum=0.0,
                 maximum=1.0,
             ),
+            request_ttl_seconds=request_ttl_seconds,
         )

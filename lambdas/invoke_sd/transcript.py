@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
+# One definition for both stages that render an image set (it travels with an asynchronous request).
+from pipeline_common.render import Transcript
 
-@dataclass(frozen=True)
-class Transcript:
-    """The parts of a Transcribe output document the pipeline uses."""
-
-    text: str
-    job_name: str | None = None
-    language_code: str | None = None
-    # Mean over the words (pronunciation items) that carry a confidence; None when none does.
-    mean_confidence: float | None = None
-    scored_words: int = 0
+__all__ = ["Transcript", "TranscriptError", "make_prompt", "parse_transcript", "word_confidences"]
 
 
 class TranscriptError(ValueError):

@@ -1,4 +1,4 @@
-"""The shared shape of the S3-fed entry points: S3 notifications, straight or in an SQS batch, to `process`."""
+"""The shared shape of the queue-fed entry points: SQS batches with partial failures, S3 notifications in them."""
 
 from __future__ import annotations
 
@@ -42,12 +42,27 @@ def handle_s3_event(event: Any, context: Any, process: Callable[[S3Record], Repo
         logger.info("event received", extra={"records": len(records), "request_id": request_id})
         return {"results": [result.as_dict() for result in process_each(records, process)]}
 
-    def process_message(record: SQSRecord) -> list[dict[str, Any]]:
-        # BatchProcessor passes the message as `record=`. A message that never parses fails every receive
-        # and ends in the dead-letter queue, where it is seen.
-        return [result.as_dict() for result in process_each(parse_s3_event(json.loads(record.body)), process)]
+    def process_message(body: str) -> list[dict[str, Any]]:
+        # A message that never parses fails every receive and ends in the dead-letter queue, where it is seen.
+        return [result.as_dict() for result in process_each(parse_s3_event(json.loads(body)), process)]
 
+    return handle_sqs_batch(event, context, process_message)
+
+
+def handle_sqs_batch(event: Any, context: Any, process: Callable[[str], list[dict[str, Any]]]) -> dict[str, Any]:
+    """Run `process` on the body of every message of an SQS batch; report the failed ones for redelivery.
+
+    Powertools' BatchProcessor answers with `batchItemFailures`: the messages whose `process` raised go back
+    to the queue (and after `maxReceiveCount` receives to its dead-letter queue), the others are done.
+    `results` lists what `process` returned for the successful messages.
+    """
+    request_id = getattr(context, "aws_request_id", None)
     logger.info("batch received", extra={"messages": len(event["Records"]), "request_id": request_id})
+
+    def process_message(record: SQSRecord) -> list[dict[str, Any]]:
+        # BatchProcessor passes the message as `record=`.
+        return process(record.body)
+
     # An all-failed batch is reported like any other, not raised: the same messages are retried either way.
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
     with processor(records=event["Records"], handler=process_message):

@@ -28,9 +28,11 @@ PENDING_VALUE = "1"
 RECEIVED = "received"
 TRANSCRIBING = "transcribing"
 GENERATING = "generating"
+# Asynchronous endpoint: the request is queued at SageMaker ("waiting for the GPU") until its notification.
+WAITING = "waiting"
 DONE = "done"
 FAILED = "failed"
-STAGES = (RECEIVED, TRANSCRIBING, GENERATING, DONE, FAILED)
+STAGES = (RECEIVED, TRANSCRIBING, GENERATING, WAITING, DONE, FAILED)
 FINAL_STAGES = (DONE, FAILED)
 # S3 sequencers are hex strings of varying length, compared after left-padding with zeros (S3 docs).
 SEQUENCER_WIDTH = 64
@@ -201,25 +203,34 @@ class DynamoLedger:
             values={":c_upload": _s(upload_id), **_values("expect", expect)},
         )
 
-    def begin_generation(self, key: str, upload_id: str, *, token: str, until: float, now: str, clock: float) -> Entry:
-        """Take the generation lease: no other attempt for this upload is generating, or its lease ran out."""
+    def begin_generation(
+        self, key: str, upload_id: str, *, token: str, until: float, now: str, clock: float, stage: str = GENERATING
+    ) -> Entry:
+        """Take the generation lease: no other attempt for this upload is generating, or its lease ran out.
+
+        `stage` is GENERATING for a real-time call, WAITING for a request queued at an asynchronous endpoint.
+        """
+        if stage not in (GENERATING, WAITING):
+            raise ValueError(f"a generation lease is taken for {GENERATING!r} or {WAITING!r}, not {stage!r}")
         return self._update(
             key,
             sets={
-                "stage": _s(GENERATING),
+                "stage": _s(stage),
                 "lease_token": _s(token),
                 "lease_until": _n(until),
                 UPDATED_AT: _s(now),
             },
             condition=(
                 "#upload_id = :c_upload AND (#stage IN (:c_received, :c_transcribing) OR "
-                "(#stage = :c_generating AND (attribute_not_exists(#lease_until) OR #lease_until < :c_clock)))"
+                "(#stage IN (:c_generating, :c_waiting) AND "
+                "(attribute_not_exists(#lease_until) OR #lease_until < :c_clock)))"
             ),
             values={
                 ":c_upload": _s(upload_id),
                 ":c_received": _s(RECEIVED),
                 ":c_transcribing": _s(TRANSCRIBING),
                 ":c_generating": _s(GENERATING),
+                ":c_waiting": _s(WAITING),
                 ":c_clock": _n(clock),
             },
         )
@@ -231,8 +242,8 @@ class DynamoLedger:
                 key,
                 sets={"stage": _s(TRANSCRIBING)},
                 removes=("lease_token", "lease_until"),
-                condition="#upload_id = :c_upload AND #stage = :c_generating AND #lease_token = :c_token",
-                values={":c_upload": _s(upload_id), ":c_generating": _s(GENERATING), ":c_token": _s(token)},
+                condition="#upload_id = :c_upload AND #lease_token = :c_token",
+                values={":c_upload": _s(upload_id), ":c_token": _s(token)},
             )
         except LedgerError:
             return False

@@ -141,3 +141,35 @@ class CommonSettings:
             "ledger_table": require(environ, "LEDGER_TABLE"),
             "metrics_namespace": optional(environ, "METRICS_NAMESPACE", "SpeechToImage"),
         }
+
+
+REALTIME = "realtime"
+ASYNC = "async"
+ENDPOINT_MODES = (REALTIME, ASYNC)
+
+
+def as_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`, naming the variable when it is not."""
+    if value not in choices:
+        raise SettingsError(f"environment variable {name}={value!r} must be one of {list(choices)}")
+    return value
+
+
+def endpoint_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The endpoint block of handler_environment() (invoke_sd, async_result), checked, as constructor arguments.
+
+    Without ENDPOINT_MODE the endpoint is real-time, as it was before asynchronous inference existed.
+    """
+    endpoint_mode = as_choice("ENDPOINT_MODE", optional(environ, "ENDPOINT_MODE", REALTIME), ENDPOINT_MODES)
+    return {
+        "endpoint_name": require(environ, "ENDPOINT_NAME"),
+        "endpoint_mode": endpoint_mode,
+        "image_parameters": as_json_object("IMAGE_PARAMETERS", optional(environ, "IMAGE_PARAMETERS", "{}")),
+        # Where asynchronous requests are staged; a real-time endpoint never reads them.
+        "transcript_bucket": (require if endpoint_mode == ASYNC else _or_empty)(environ, "TRANSCRIPT_BUCKET"),
+        "async_request_prefix": optional(environ, "ASYNC_REQUEST_PREFIX", "async/requests/"),
+    }
+
+
+def _or_empty(environ: Mapping[str, str], name: str) -> str:
+    return optional(environ, name, "")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline_common.ledger import GENERATING, RECEIVED, TRANSCRIBING, Entry
+from pipeline_common.ledger import GENERATING, RECEIVED, TRANSCRIBING, WAITING, Entry
 from pipeline_common.results import COMMITTED, Results
 from pipeline_common.settings import CommonSettings, as_int, require
 
@@ -16,12 +16,14 @@ logger = logging.getLogger(__name__)
 
 FUNCTION = "sweeper"
 STUCK = "stuck"
+STILL_WAITING = "waiting"
 # The error record's stage for each ledger stage an upload can be stuck in.
-_RECORD_STAGE = {RECEIVED: "validate", TRANSCRIBING: "transcribe", GENERATING: "generate"}
+_RECORD_STAGE = {RECEIVED: "validate", TRANSCRIBING: "transcribe", GENERATING: "generate", WAITING: "generate"}
 _WHAT_HAPPENED = {
     RECEIVED: "the recording was received but its transcription never started",
     TRANSCRIBING: "the transcription never delivered a transcript (or its event was lost)",
     GENERATING: "the image generation never finished",
+    WAITING: "the GPU endpoint never answered the queued request (it expired, or its notification was lost)",
 }
 
 
@@ -74,7 +76,7 @@ def sweep(
     failed: list[str] = []
     for entry in results.ledger.pending_before(cutoff, index=settings.pending_index):
         try:
-            swept.append(_sweep_one(entry, settings, results))
+            swept.append(_sweep_one(entry, settings, results, clock=now().timestamp()))
         except Exception:
             # One upload that cannot be recorded now must not hide every later one: go on, fail at the end.
             logger.exception("stuck upload not recorded; tried again next run", extra={"key": entry.key})
@@ -85,7 +87,12 @@ def sweep(
     return swept
 
 
-def _sweep_one(entry: Entry, settings: Settings, results: Results) -> Result:
+def _sweep_one(entry: Entry, settings: Settings, results: Results, *, clock: float) -> Result:
+    if entry.stage == WAITING and entry.lease_until is not None and entry.lease_until > clock:
+        # A request still within its TTL (requestTtlMinutes may exceed stuckAfterMinutes) can still be answered.
+        logger.info("queued request still within its time to live; not stuck yet", extra={"key": entry.key})
+        results.metrics.outcome(STILL_WAITING)
+        return Result(entry.key, entry.stage, STILL_WAITING)
     stage = _RECORD_STAGE.get(entry.stage, "validate")
     what = _WHAT_HAPPENED.get(entry.stage, "the upload stopped making progress")
     committed = results.commit_error(

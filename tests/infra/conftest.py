@@ -66,9 +66,11 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
 
 @pytest.fixture(scope="session")
 def synth_variant(tmp_path_factory: pytest.TempPathFactory) -> Synth:
-    """The app with every switch flipped away from its default."""
+    """The app with every switch flipped away from its default (a real-time endpoint among them)."""
     return synth_app(
         tmp_path_factory.mktemp("cdk-variant"),
+        endpointMode="realtime",
+        maxInstances="3",
         removal="retain",
         languageCode="auto",
         languageOptions="en-US,de-DE",
@@ -81,6 +83,26 @@ def synth_variant(tmp_path_factory: pytest.TempPathFactory) -> Synth:
         logRetentionDays="30",
         mediaFormats="mp3,wav",
         imageParameters='{"num_inference_steps": 30, "height": 768, "width": 768, "seed": 42}',
+    )
+
+
+@pytest.fixture(scope="session")
+def synth_realtime(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    """cdk.json's defaults, but a real-time endpoint (the design before asynchronous inference)."""
+    return synth_app(tmp_path_factory.mktemp("cdk-realtime"), endpointMode="realtime")
+
+
+@pytest.fixture(scope="session")
+def synth_async_variant(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    """An asynchronous endpoint with every scaling and naming switch away from its default."""
+    return synth_app(
+        tmp_path_factory.mktemp("cdk-async-variant"),
+        endpointName="My-SD-Endpoint",
+        minInstances="1",
+        maxInstances="4",
+        requestTtlMinutes="60",
+        scaleInIdleMinutes="30",
+        removal="retain",
     )
 
 

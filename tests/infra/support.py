@@ -10,8 +10,19 @@ from infra.pipeline import BucketRole, Handler
 
 from .conftest import Synth
 
-# The handlers S3 notifies through a queue; the other two are invoked by EventBridge.
+# The handlers S3 notifies through a queue; transcribe_failed and the sweeper are invoked by EventBridge,
+# and async_result (async mode only) reads the queue SageMaker's SNS topics deliver to.
 QUEUED = (Handler.TRANSCRIBE_TRIGGER, Handler.INVOKE_SD)
+
+
+def handlers(synth: Synth) -> tuple[Handler, ...]:
+    """The handlers this app deploys: every one in async mode, all but async_result in realtime mode."""
+    return tuple(synth.infra.stages)
+
+
+def queued(synth: Synth) -> tuple[Handler, ...]:
+    """The handlers that read a source queue (S3 or SNS feeds it)."""
+    return tuple(handler for handler, stage in synth.infra.stages.items() if stage.source_queue is not None)
 
 
 def bucket_id(synth: Synth, role: BucketRole) -> str:

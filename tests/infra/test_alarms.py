@@ -9,6 +9,7 @@ from aws_cdk.assertions import Match
 from infra.pipeline import Handler
 
 from .conftest import ACCOUNT, REGION, Synth
+from .support import handlers
 
 
 def topic_id(synth: Synth) -> str:
@@ -45,7 +46,9 @@ def description(props: dict[str, Any]) -> str:
 # --- topic and key -------------------------------------------------------------------------
 
 
-def test_alarm_topic_is_encrypted_with_its_own_rotating_key_and_ssl_only(synth: Synth) -> None:
+def test_alarm_topic_is_encrypted_with_its_own_rotating_key_and_ssl_only(synth_realtime: Synth) -> None:
+    # Real-time mode has no async notification topics: the alarm topic and its key are the only ones.
+    synth = synth_realtime
     template = synth.infra_template
     assert len(template.find_resources("AWS::SNS::Topic")) == 1
     template.has_resource_properties("AWS::SNS::Topic", {"KmsMasterKeyId": {"Fn::GetAtt": [key_id(synth), "Arn"]}})
@@ -64,7 +67,8 @@ def test_alarm_topic_is_encrypted_with_its_own_rotating_key_and_ssl_only(synth: 
     )
 
 
-def test_cloudwatch_may_use_the_key_and_publish_for_this_accounts_alarms_only(synth: Synth) -> None:
+def test_cloudwatch_may_use_the_key_and_publish_for_this_accounts_alarms_only(synth_realtime: Synth) -> None:
+    synth = synth_realtime
     key = synth.infra_template.find_resources("AWS::KMS::Key")[key_id(synth)]
     (statement,) = [
         s
@@ -91,9 +95,11 @@ def test_cloudwatch_may_use_the_key_and_publish_for_this_accounts_alarms_only(sy
 
 
 def test_email_subscription_exists_only_when_alarm_email_is_set(synth: Synth, make_synth) -> None:
-    assert synth.infra_template.find_resources("AWS::SNS::Subscription") == {}
+    assert synth.infra_template.find_resources("AWS::SNS::Subscription", {"Properties": {"Protocol": "email"}}) == {}
     subscribed = make_synth(alarmEmail="ops@example.com")
-    subscriptions = subscribed.infra_template.find_resources("AWS::SNS::Subscription")
+    subscriptions = subscribed.infra_template.find_resources(
+        "AWS::SNS::Subscription", {"Properties": {"Protocol": "email"}}
+    )
     assert [s["Properties"] for s in subscriptions.values()] == [
         {"Protocol": "email", "Endpoint": "ops@example.com", "TopicArn": {"Ref": topic_id(subscribed)}}
     ]
@@ -113,9 +119,9 @@ def test_every_function_alarms_on_its_first_error(synth: Synth) -> None:
         ((dimension),) = props["Dimensions"]
         assert dimension["Name"] == "FunctionName"
         by_function[dimension["Value"]["Ref"]] = props
-    expected = {synth.infra.get_logical_id(synth.infra.stages[h].function.node.default_child) for h in Handler}
+    expected = {synth.infra.get_logical_id(synth.infra.stages[h].function.node.default_child) for h in handlers(synth)}
     assert set(by_function) == expected
-    for handler in Handler:
+    for handler in handlers(synth):
         fn_id = synth.infra.get_logical_id(synth.infra.stages[handler].function.node.default_child)
         assert handler.value in description(by_function[fn_id])
 
@@ -132,7 +138,9 @@ def test_every_dead_letter_queue_alarms_while_events_wait_in_it(synth: Synth) ->
         ((dimension),) = props["Dimensions"]
         assert dimension["Name"] == "QueueName"
         by_queue[dimension["Value"]["Fn::GetAtt"][0]] = props
-    queues = {synth.infra.get_logical_id(synth.infra.stages[h].dead_letter_queue.node.default_child) for h in Handler}
+    queues = {
+        synth.infra.get_logical_id(synth.infra.stages[h].dead_letter_queue.node.default_child) for h in handlers(synth)
+    }
     assert set(by_queue) == queues
     for props in by_queue.values():
         text = description(props)
@@ -165,12 +173,14 @@ def test_endpoint_alarms_on_server_errors(synth: Synth) -> None:
     assert "make deploy-endpoint" in description(props)
 
 
-def test_endpoint_alarms_before_images_hit_sagemakers_60_s_limit(synth: Synth) -> None:
-    props = endpoint_alarm(synth, "ModelLatency")
+def test_endpoint_alarms_before_images_hit_sagemakers_60_s_limit(synth_realtime: Synth, synth: Synth) -> None:
+    props = endpoint_alarm(synth_realtime, "ModelLatency")
     assert props["Statistic"] == "Maximum"
     # ModelLatency is reported in microseconds: 50 s, not 50 ms or 50 us.
     assert props["Threshold"] == 50 * 1_000_000
     assert "60 s" in description(props)
+    # Asynchronous requests may take up to an hour: no 60 s limit, no such alarm.
+    assert alarms_on(synth.endpoint_template, "ModelLatency") == []
 
 
 def test_endpoint_alarms_follow_the_configured_endpoint(synth_variant: Synth) -> None:

@@ -110,3 +110,70 @@ def test_every_cdk_json_setting_is_read() -> None:
     PipelineConfig.from_context(get)
     settings = {key for key in CDK_CONTEXT if not key.startswith("@")}
     assert settings <= set(asked), f"cdk.json keys nobody reads: {settings - set(asked)}"
+
+
+# --- endpoint mode and scaling ---------------------------------------------------------------
+
+
+def test_the_default_is_an_async_endpoint_that_scales_between_zero_and_one() -> None:
+    config = PipelineConfig.from_context(CDK_CONTEXT.get)
+    assert (config.endpoint_mode, config.is_async) == ("async", True)
+    assert (config.min_instances, config.min_instance_count, config.max_instances) == (None, 0, 1)
+    assert (config.request_ttl_minutes, config.scale_in_idle_minutes) == (120, 15)
+
+
+def test_realtime_mode_keeps_one_instance_by_default() -> None:
+    config = config_from(endpointMode="realtime")
+    assert (config.is_async, config.min_instance_count) == (False, 1)
+
+
+def test_endpoint_scaling_keys_are_parsed_from_cli_strings() -> None:
+    config = config_from(
+        endpointMode="async", minInstances="1", maxInstances="4", requestTtlMinutes="360", scaleInIdleMinutes="5"
+    )
+    assert (config.min_instance_count, config.max_instances) == (1, 4)
+    assert (config.request_ttl_minutes, config.scale_in_idle_minutes) == (360, 5)
+    assert config_from(minInstances="none").min_instance_count == 0, "'none' restores the mode's default"
+    assert config_from(endpointMode="realtime", minInstances="2", maxInstances="2").min_instance_count == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("endpointMode", "serverless", "choose one of ['async', 'realtime']"),
+        ("minInstances", "-1", "expected 0..10"),
+        ("minInstances", "11", "expected 0..10"),
+        ("minInstances", "one", "not a whole number"),
+        ("maxInstances", "0", "expected 1..10"),
+        ("maxInstances", "11", "expected 1..10"),
+        # InvokeEndpointAsync's RequestTTLSeconds is 60..21600 s.
+        ("requestTtlMinutes", "0", "expected 1..360"),
+        ("requestTtlMinutes", "361", "expected 1..360"),
+        ("scaleInIdleMinutes", "4", "expected 5..1440"),
+        ("scaleInIdleMinutes", "1441", "expected 5..1440"),
+    ],
+)
+def test_invalid_endpoint_scaling_values_name_the_key(key: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        config_from(**{key: value})
+    assert key in str(error.value)
+
+
+def test_a_realtime_endpoint_cannot_scale_to_zero() -> None:
+    with pytest.raises(ConfigError, match="endpointMode=async") as error:
+        config_from(endpointMode="realtime", minInstances="0")
+    assert "minInstances" in str(error.value)
+    assert config_from(endpointMode="async", minInstances="0").min_instance_count == 0
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"minInstances": "2"},  # maxInstances defaults to 1
+        {"minInstances": "3", "maxInstances": "2"},
+        {"endpointMode": "realtime", "minInstances": "2"},
+    ],
+)
+def test_min_instances_may_not_exceed_max_instances(context: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="more than 'maxInstances'"):
+        config_from(**context)

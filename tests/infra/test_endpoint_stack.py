@@ -79,30 +79,41 @@ def test_endpoint_config_sizes_instance_and_timeouts_for_a_4_gb_model(synth: Syn
     assert other["InstanceType"] == "ml.g5.xlarge"
 
 
+def test_a_realtime_endpoint_runs_min_instances(make_synth) -> None:
+    two = make_synth(endpointMode="realtime", minInstances="2", maxInstances="2")
+    (variant,) = only(two, "AWS::SageMaker::EndpointConfig")["Properties"]["ProductionVariants"]
+    assert variant["InitialInstanceCount"] == 2
+    # No auto scaling in realtime mode: the count is what the endpoint config says.
+    assert two.endpoint_template.find_resources("AWS::ApplicationAutoScaling::ScalableTarget") == {}
+
+
 def test_endpoint_has_the_configured_name(synth: Synth, synth_variant: Synth) -> None:
     assert only(synth, "AWS::SageMaker::Endpoint")["Properties"]["EndpointName"] == "speech-to-image-sd"
     assert only(synth_variant, "AWS::SageMaker::Endpoint")["Properties"]["EndpointName"] == "My-SD-Endpoint"
 
 
-def test_execution_role_reads_one_object_pulls_the_dlc_and_writes_its_logs(synth: Synth) -> None:
-    role = only(synth, "AWS::IAM::Role")
-    assert "ManagedPolicyArns" not in role["Properties"]
-    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
-        "Service": "sagemaker.amazonaws.com"
-    }
+def role_statements(synth: Synth) -> set[tuple[str, str]]:
+    """(action, resource) pairs of the execution role's policy; the model object (imported) reads as MODEL."""
     policy = only(synth, "AWS::IAM::Policy")
     granted = set()
     for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+        assert statement["Effect"] == "Allow"
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
         for resource in resources:
+            text = json.dumps(resource)
             # The model bucket is imported from InfraStack; its exact key is checked below.
-            name = "MODEL" if "Fn::ImportValue" in json.dumps(resource) else render_intrinsic(resource)
+            name = "MODEL" if "BucketsModel" in text else render_intrinsic(resource)
             granted |= {(action, name) for action in actions}
+    return granted
+
+
+def realtime_role_statements(synth: Synth) -> set[tuple[str, str]]:
+    """Read the one model archive, pull the DLC, write its own log group: all a real-time endpoint's role may do."""
     endpoint = synth.endpoint
     log_group = f"<{endpoint.get_logical_id(endpoint.sd_endpoint.log_group.node.default_child)}.Arn>"
     repo = f"arn:<AWS::Partition>:ecr:{REGION}:763104351884:repository/{DLC_REPOSITORY}"
-    assert granted == {
+    return {
         ("s3:GetObject", "MODEL"),
         ("ecr:BatchCheckLayerAvailability", repo),
         ("ecr:GetDownloadUrlForLayer", repo),
@@ -111,6 +122,17 @@ def test_execution_role_reads_one_object_pulls_the_dlc_and_writes_its_logs(synth
         ("logs:CreateLogStream", log_group),
         ("logs:PutLogEvents", log_group),
     }
+
+
+def test_execution_role_reads_one_object_pulls_the_dlc_and_writes_its_logs(synth_realtime: Synth) -> None:
+    synth = synth_realtime
+    role = only(synth, "AWS::IAM::Role")
+    assert "ManagedPolicyArns" not in role["Properties"]
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "sagemaker.amazonaws.com"
+    }
+    assert role_statements(synth) == realtime_role_statements(synth)
+    policy = only(synth, "AWS::IAM::Policy")
     model_statement = next(
         s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Action"] == "s3:GetObject"
     )
@@ -125,7 +147,8 @@ def test_endpoint_log_group_has_retention_and_goes_with_the_stack(synth: Synth) 
     assert group["DeletionPolicy"] == "Delete"
 
 
-def test_endpoint_stack_can_be_destroyed_without_touching_data(synth: Synth) -> None:
+def test_endpoint_stack_can_be_destroyed_without_touching_data(synth_realtime: Synth) -> None:
+    synth = synth_realtime
     types = {r["Type"] for r in synth.endpoint_template.to_json()["Resources"].values()}
     assert types == {
         "AWS::IAM::Role",

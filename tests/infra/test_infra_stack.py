@@ -11,7 +11,7 @@ from infra.config import PipelineConfig
 from infra.pipeline import VERSIONED_BUCKETS, BucketRole, Handler, event_routes, handler_environment
 
 from .conftest import REPO, Synth
-from .support import QUEUED, bucket_id, dead_letter_queue_id, function, logical_id, source_queue_id, stage
+from .support import bucket_id, dead_letter_queue_id, function, handlers, logical_id, queued, source_queue_id, stage
 
 # --- buckets -------------------------------------------------------------------------------
 
@@ -46,14 +46,15 @@ def test_uploads_and_transcripts_are_versioned_and_old_versions_expire_after_a_d
         assert versioned == {bucket_id(result, BucketRole.INPUT), bucket_id(result, BucketRole.TRANSCRIPTS)}
         for role in (BucketRole.INPUT, BucketRole.TRANSCRIPTS):
             rules = buckets[bucket_id(result, role)]["Properties"]["LifecycleConfiguration"]["Rules"]
-            assert rules == [
-                {
-                    "Id": "ExpireReplacedVersions",
-                    "Status": "Enabled",
-                    "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
-                    "ExpiredObjectDeleteMarker": True,
-                }
-            ]
+            assert rules[0] == {
+                "Id": "ExpireReplacedVersions",
+                "Status": "Enabled",
+                "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+                "ExpiredObjectDeleteMarker": True,
+            }
+            # Async mode adds one rule to the transcripts bucket (tests/infra/test_async_infra.py), nothing else.
+            async_mode = result.infra.async_result_recorder is not None
+            assert len(rules) == 1 + (async_mode and role is BucketRole.TRANSCRIPTS)
         for role in (BucketRole.OUTPUT, BucketRole.MODEL):
             assert "LifecycleConfiguration" not in buckets[bucket_id(result, role)]["Properties"]
 
@@ -163,7 +164,8 @@ def test_only_eventbridge_invokes_functions_directly(synth: Synth) -> None:
     principals = {
         (perm["Properties"]["FunctionName"]["Fn::GetAtt"][0], perm["Properties"]["Principal"])
         for perm in synth.infra_template.find_resources("AWS::Lambda::Permission").values()
-        if perm["Properties"]["FunctionName"].get("Fn::GetAtt", [""])[0] in {function(synth, h)[0] for h in Handler}
+        if perm["Properties"]["FunctionName"].get("Fn::GetAtt", [""])[0]
+        in {function(synth, h)[0] for h in handlers(synth)}
     }
     assert principals == {
         (function(synth, Handler.TRANSCRIBE_FAILED)[0], "events.amazonaws.com"),
@@ -176,7 +178,7 @@ def test_only_eventbridge_invokes_functions_directly(synth: Synth) -> None:
 
 def test_functions_run_current_python_with_json_logs_in_their_own_log_group(synth: Synth) -> None:
     groups = synth.infra_template.find_resources("AWS::Logs::LogGroup")
-    for handler in Handler:
+    for handler in handlers(synth):
         _, fn = function(synth, handler)
         props = fn["Properties"]
         assert props["Runtime"] == "python3.14"
@@ -206,9 +208,9 @@ def test_timeouts_are_sized_to_the_work(synth: Synth) -> None:
 
 def test_every_function_has_an_encrypted_ssl_only_dead_letter_queue_kept_14_days(synth: Synth) -> None:
     queues = synth.infra_template.find_resources("AWS::SQS::Queue")
-    dead_letter_queues = {dead_letter_queue_id(synth, handler) for handler in Handler}
-    assert len(dead_letter_queues) == len(Handler) == 4, "one per function"
-    assert set(queues) == dead_letter_queues | {source_queue_id(synth, handler) for handler in QUEUED}
+    dead_letter_queues = {dead_letter_queue_id(synth, handler) for handler in handlers(synth)}
+    assert len(dead_letter_queues) == len(Handler) == 5, "one per function (async mode has all five)"
+    assert set(queues) == dead_letter_queues | {source_queue_id(synth, handler) for handler in queued(synth)}
     for queue in queues.values():
         assert queue["Properties"]["SqsManagedSseEnabled"] is True
         assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
@@ -233,11 +235,11 @@ def test_failed_asynchronous_invocations_go_to_the_functions_dead_letter_queue(s
         assert props["MaximumRetryAttempts"] == 2
         assert props["MaximumEventAgeInSeconds"] == 6 * 3600
         targets[props["FunctionName"]["Ref"]] = props["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0]
-    assert targets == {function(synth, handler)[0]: dead_letter_queue_id(synth, handler) for handler in Handler}
+    assert targets == {function(synth, handler)[0]: dead_letter_queue_id(synth, handler) for handler in handlers(synth)}
 
 
 def test_lambda_assets_hold_only_their_own_handler_and_the_shared_package(synth: Synth) -> None:
-    for handler in Handler:
+    for handler in handlers(synth):
         _, fn = function(synth, handler)
         asset_hash = fn["Properties"]["Code"]["S3Key"].removesuffix(".zip")
         folder = synth.assembly_dir / f"asset.{asset_hash}"
@@ -253,7 +255,7 @@ def test_functions_get_aws_powertools_from_its_layer_at_the_version_the_tests_ru
     pinned = re.search(r"^aws-lambda-powertools==(\S+)$", (REPO / "requirements-dev.txt").read_text(), re.MULTILINE)
     assert pinned is not None
     parameters = synth.infra_template.to_json()["Parameters"]
-    for handler in Handler:
+    for handler in handlers(synth):
         props = function(synth, handler)[1]["Properties"]
         assert props["Architectures"] == ["x86_64"]
         ((layer,),) = [props["Layers"]]
@@ -267,7 +269,7 @@ def test_handler_environment_is_the_shared_definition(synth: Synth, synth_varian
         names = {role: {"Ref": bucket_id(result, role)} for role in BucketRole}
         table = {"Ref": logical_id(result, result.infra.ledger.table)}
         config = PipelineConfig.from_context(result.app.node.try_get_context)
-        for handler in Handler:
+        for handler in handlers(result):
             _, fn = function(result, handler)
             env = fn["Properties"]["Environment"]["Variables"]
             assert env == handler_environment(handler, config, names, table)
@@ -316,11 +318,16 @@ def test_outputs_name_every_bucket_and_the_endpoint(synth: Synth) -> None:
     assert outputs["DashboardName"]["Value"] == {"Ref": logical_id(synth, synth.infra.dashboard.dashboard)}
 
 
-def test_outputs_name_every_queue_for_make_replay(synth: Synth) -> None:
+def test_outputs_name_every_queue_for_make_replay(synth: Synth, synth_realtime: Synth) -> None:
     # `make replay` pairs `<Stage>DeadLetterQueueUrl` with `<Stage>QueueUrl` by these exact names.
+    async_stage = {
+        "AsyncResultDeadLetterQueueUrl": {"Ref": dead_letter_queue_id(synth, Handler.ASYNC_RESULT)},
+        "AsyncResultQueueUrl": {"Ref": source_queue_id(synth, Handler.ASYNC_RESULT)},
+    }
+    assert queue_outputs(synth) == queue_outputs(synth_realtime) | async_stage
+    synth = synth_realtime
     outputs = synth.infra_template.find_outputs("*")
-    queues = {name: output["Value"] for name, output in outputs.items() if name.endswith("QueueUrl")}
-    assert queues == {
+    assert queue_outputs(synth) == {
         "TranscribeTriggerDeadLetterQueueUrl": {"Ref": dead_letter_queue_id(synth, Handler.TRANSCRIBE_TRIGGER)},
         "InvokeSdDeadLetterQueueUrl": {"Ref": dead_letter_queue_id(synth, Handler.INVOKE_SD)},
         "TranscribeFailedDeadLetterQueueUrl": {"Ref": dead_letter_queue_id(synth, Handler.TRANSCRIBE_FAILED)},
@@ -329,6 +336,12 @@ def test_outputs_name_every_queue_for_make_replay(synth: Synth) -> None:
         "InvokeSdQueueUrl": {"Ref": source_queue_id(synth, Handler.INVOKE_SD)},
     }
     assert outputs["AlarmTopicArn"]["Value"] == {"Ref": logical_id(synth, synth.infra.alarm_topic.topic)}
+
+
+def queue_outputs(synth: Synth) -> dict[str, object]:
+    """The stack outputs `make replay` reads (names ending in QueueUrl), with their values."""
+    outputs = synth.infra_template.find_outputs("*")
+    return {name: output["Value"] for name, output in outputs.items() if name.endswith("QueueUrl")}
 
 
 def test_infra_stack_holds_no_sagemaker_resources(synth: Synth) -> None:

@@ -20,7 +20,7 @@ from infra.pipeline import (
 )
 
 from .conftest import Synth
-from .support import QUEUED, dead_letter_queue_id, function, logical_id, source_queue_id
+from .support import dead_letter_queue_id, function, handlers, logical_id, queued, source_queue_id
 
 # --- ledger table --------------------------------------------------------------------------
 
@@ -139,13 +139,22 @@ def test_dashboard_counts_uploads_and_images_from_the_handlers_metrics(synth: Sy
         (ns, "Outcomes", "Function", "transcribe_trigger", "Outcome", "started", "Sum"),
         (ns, "Outcomes", "Function", "transcribe_trigger", "Outcome", "rejected", "Sum"),
     }
+    # Async mode: invoke_sd only queues the request, async_result stores the image.
     assert metric_lines(graphs["Images generated"]) == {
-        (ns, "Outcomes", "Function", "invoke_sd", "Outcome", "generated", "Sum")
+        (ns, "Outcomes", "Function", handler, "Outcome", "generated", "Sum")
+        for handler in ("invoke_sd", "async_result")
     }
     repeats = metric_lines(graphs["Repeats, superseded uploads and internal errors"])
     for outcome in ("duplicate", "superseded", "internal-error"):
         assert (ns, "Outcomes", "Function", "invoke_sd", "Outcome", outcome, "Sum") in repeats
     assert (ns, "Outcomes", "Function", "sweeper", "Outcome", "stuck", "Sum") in repeats
+
+
+def test_realtime_dashboard_counts_images_from_invoke_sd_alone(synth_realtime: Synth) -> None:
+    assert metric_lines(widgets(synth_realtime)["Images generated"]) == {
+        (METRICS_NAMESPACE, "Outcomes", "Function", "invoke_sd", "Outcome", "generated", "Sum")
+    }
+    assert not [title for title in widgets(synth_realtime) if title.startswith("Async endpoint")]
 
 
 def test_dashboard_finds_every_error_code_with_a_search(synth: Synth) -> None:
@@ -168,14 +177,14 @@ def test_dashboard_shows_stage_times_as_percentiles(synth: Synth) -> None:
 
 def test_dashboard_shows_every_queue_and_every_functions_errors_and_throttles(synth: Synth) -> None:
     graphs = widgets(synth)
-    queues = {f"<{source_queue_id(synth, h)}.QueueName>" for h in QUEUED}
-    queues |= {f"<{dead_letter_queue_id(synth, h)}.QueueName>" for h in Handler}
+    queues = {f"<{source_queue_id(synth, h)}.QueueName>" for h in queued(synth)}
+    queues |= {f"<{dead_letter_queue_id(synth, h)}.QueueName>" for h in handlers(synth)}
     for title, metric in (
         ("Messages waiting", "ApproximateNumberOfMessagesVisible"),
         ("Age of the oldest message (seconds)", "ApproximateAgeOfOldestMessage"),
     ):
         assert metric_lines(graphs[title]) == {("AWS/SQS", metric, "QueueName", queue, "Maximum") for queue in queues}
-    functions = {f"<{logical_id(synth, synth.infra.stages[h].function)}>" for h in Handler}
+    functions = {f"<{logical_id(synth, synth.infra.stages[h].function)}>" for h in handlers(synth)}
     assert metric_lines(graphs["Lambda errors and throttles"]) == {
         ("AWS/Lambda", metric, "FunctionName", fn, "Sum") for metric in ("Errors", "Throttles") for fn in functions
     }

@@ -16,9 +16,12 @@ from infra.config import PipelineConfig
 from .conftest import CDK_CONTEXT, REGION, Synth
 
 
-def test_both_stacks_synthesize_with_no_unacknowledged_nag_findings(synth: Synth, synth_variant: Synth) -> None:
+def test_both_stacks_synthesize_with_no_unacknowledged_nag_findings(
+    synth: Synth, synth_variant: Synth, synth_realtime: Synth, synth_async_variant: Synth
+) -> None:
     # synth_app() calls app.synth(), which raises on any unacknowledged finding; the report is empty too.
-    for result in (synth, synth_variant):
+    # Both endpoint modes, with defaults and with every switch flipped.
+    for result in (synth, synth_variant, synth_realtime, synth_async_variant):
         report = json.loads((result.assembly_dir / "validation-report.json").read_text())
         assert report["pluginReports"] == []
 
@@ -38,9 +41,9 @@ def test_the_app_fails_synth_on_an_unacknowledged_finding(tmp_path: Path) -> Non
     }
 
 
-def test_every_acknowledgment_has_a_reviewable_reason(synth: Synth) -> None:
+def test_every_acknowledgment_has_a_reviewable_reason(synth: Synth, synth_realtime: Synth) -> None:
     reasons = []
-    for stack in (synth.infra, synth.endpoint):
+    for stack in (synth.infra, synth.endpoint, synth_realtime.infra, synth_realtime.endpoint):
         for construct in stack.node.find_all():
             for entry in construct.node.metadata:
                 if "acknowledg" in entry.type.lower():
@@ -51,9 +54,11 @@ def test_every_acknowledgment_has_a_reviewable_reason(synth: Synth) -> None:
         assert len(text) > 80, f"acknowledgment without a real reason: {text}"
 
 
+@pytest.mark.parametrize("mode", ["async", "realtime"])
 @pytest.mark.parametrize("stack_name", ["InfraStack", "HuggingFaceModelEndpoint"])
-def test_cfn_lint_finds_no_errors(synth: Synth, stack_name: str) -> None:
-    template = (synth.assembly_dir / f"{stack_name}.template.json").read_text()
+def test_cfn_lint_finds_no_errors(synth: Synth, synth_realtime: Synth, stack_name: str, mode: str) -> None:
+    result = synth if mode == "async" else synth_realtime
+    template = (result.assembly_dir / f"{stack_name}.template.json").read_text()
     matches = lint(template, regions=[REGION])
     errors = [f"{m.rule.id}: {m.message}" for m in matches if m.rule.severity == "error"]
     assert errors == []

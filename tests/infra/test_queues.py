@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from infra.config import PipelineConfig
-from infra.pipeline import BucketRole, Handler, routes
+from infra.pipeline import ASYNC_RESULT_QUEUE, BucketRole, Handler, routes
 
 from .conftest import ACCOUNT, Synth
-from .support import QUEUED, bucket_id, dead_letter_queue_id, function, source_queue_id
+from .support import QUEUED, bucket_id, dead_letter_queue_id, function, queued, source_queue_id
 
 
 def notifications(synth: Synth) -> dict[str, list[dict[str, Any]]]:
@@ -148,10 +148,10 @@ def test_each_queued_stage_reads_its_queue_in_bounded_batches_with_partial_failu
     for result in (synth, synth_variant):
         config = config_of(result)
         found = mappings(result)
-        assert set(found) == {function(result, handler)[0] for handler in QUEUED}
-        for handler in QUEUED:
+        assert set(found) == {function(result, handler)[0] for handler in queued(result)}
+        for handler in queued(result):
             props = found[function(result, handler)[0]]
-            settings = route_for(handler, config).queue
+            settings = ASYNC_RESULT_QUEUE if handler is Handler.ASYNC_RESULT else route_for(handler, config).queue
             assert props["EventSourceArn"] == {"Fn::GetAtt": [source_queue_id(result, handler), "Arn"]}
             assert props["BatchSize"] == settings.batch_size
             assert props["ScalingConfig"] == {"MaximumConcurrency": settings.max_concurrency}

@@ -29,7 +29,7 @@ from tests.lambdas.support import (
 @pytest.fixture(autouse=True)
 def _build_every_log_record(caplog: pytest.LogCaptureFixture) -> None:
     """Log the Lambda packages at DEBUG: an `extra=` key that LogRecord already has then fails a test."""
-    for name in ("pipeline_common", "transcribe_trigger", "invoke_sd", "transcribe_failed", "sweeper"):
+    for name in ("pipeline_common", "transcribe_trigger", "invoke_sd", "transcribe_failed", "sweeper", "async_result"):
         caplog.set_level(logging.DEBUG, logger=name)
 
 
@@ -136,10 +136,10 @@ def sagemaker(aws: Aws, _sagemaker_client: Any) -> Iterator[tuple[Any, Stubber]]
 
 @pytest.fixture
 def invoke(aws: Aws, sagemaker: tuple[Any, Stubber], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The invoke_sd handler module with infra's environment, moto S3 and the stubbed endpoint client."""
+    """The invoke_sd handler module with a real-time endpoint's environment, moto S3 and the stubbed endpoint client."""
     from invoke_sd import handler
 
-    _set_environment(monkeypatch, Handler.INVOKE_SD, PipelineConfig())
+    _set_environment(monkeypatch, Handler.INVOKE_SD, PipelineConfig(endpoint_mode="realtime"))
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()
     handler.CLIENTS.inject(s3=aws.s3, sagemaker_runtime=sagemaker[0], dynamodb=aws.dynamodb)
@@ -184,6 +184,35 @@ def sweeper(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()
     handler.CLIENTS.inject(s3=aws.s3, dynamodb=aws.dynamodb)
+    yield handler
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+
+
+@pytest.fixture
+def async_result(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The async_result handler module with infra's (asynchronous) environment and the moto clients."""
+    from async_result import handler
+
+    _set_environment(monkeypatch, Handler.ASYNC_RESULT, PipelineConfig(endpoint_mode="async"))
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+    handler.CLIENTS.inject(s3=aws.s3, dynamodb=aws.dynamodb)
+    yield handler
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+
+
+@pytest.fixture
+def invoke_async(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The invoke_sd handler module with infra's asynchronous-endpoint environment and a stand-in endpoint."""
+    from invoke_sd import handler
+    from tests.lambdas.race_support import FakeEndpoint
+
+    _set_environment(monkeypatch, Handler.INVOKE_SD, PipelineConfig(endpoint_mode="async"))
+    handler.SETTINGS.reset()
+    handler.CLIENTS.clear()
+    handler.CLIENTS.inject(s3=aws.s3, sagemaker_runtime=FakeEndpoint(aws.s3), dynamodb=aws.dynamodb)
     yield handler
     handler.SETTINGS.reset()
     handler.CLIENTS.clear()

@@ -2,7 +2,9 @@
 
 `Pipeline` runs transcribe_trigger, a stand-in for Amazon Transcribe (it writes the transcript a COMPLETED
 job writes) and invoke_sd for an upload, with injected clients wrapped in `Calls`: a hook may run before
-any call (inject a re-upload there) or fail it (inject a transient error there).
+any call (inject a re-upload there) or fail it (inject a transient error there). With an asynchronous
+endpoint (ENDPOINT_MODE=async) invoke_sd queues a request; the stand-in endpoint answers it like SageMaker
+(output object + notification) and async_result turns the notification into the result.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from async_result.core import Dependencies as ResultDependencies
+from async_result.core import handle_notification
+from async_result.settings import Settings as ResultSettings
 from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
@@ -83,26 +88,84 @@ class Calls:
         return Wrapped()
 
 
-class FakeEndpoint:
-    """A SageMaker runtime client that answers with a PNG and counts the images it made."""
+OUTPUT_PREFIX = "async/outputs/"
 
-    def __init__(self) -> None:
+
+def answer(request_body: bytes) -> bytes:
+    """What code/inference.py answers (docs/CONTRACTS.md): one PNG and the parameters used."""
+    return json.dumps(
+        {
+            "images": [base64.b64encode(tiny_png()).decode("ascii")],
+            "parameters": json.loads(request_body)["parameters"],
+            "nsfw_content_detected": [False],
+            "prompt_truncated": False,
+            "timings": {"inference_s": 0.1},
+            "model": {"name": "fake"},
+        }
+    ).encode("utf-8")
+
+
+def completed(input_location: str, output_location: str, inference_id: str = "id") -> dict[str, Any]:
+    """SageMaker's success notification (FACTS: the documented SNS message)."""
+    return {
+        "awsRegion": "us-east-1",
+        "eventTime": "2026-12-02T03:00:00.000Z",
+        "receivedTime": "2026-12-02T02:59:00.000Z",
+        "invocationStatus": "Completed",
+        "requestParameters": {"endpointName": "speech-to-image-sd", "inputLocation": input_location},
+        "responseParameters": {"contentType": "application/json", "outputLocation": output_location},
+        "inferenceId": inference_id,
+        "eventVersion": "1.0",
+        "eventSource": "aws:sagemaker",
+        "eventName": "InferenceResult",
+    }
+
+
+class FakeEndpoint:
+    """A SageMaker runtime client that answers with a PNG and counts the images it made.
+
+    Real-time: `invoke_endpoint` answers at once. Asynchronous: `invoke_endpoint_async` queues the request;
+    `process` reads each queued request from S3, writes the output object and returns the notifications.
+    """
+
+    def __init__(self, s3: Any = None) -> None:
         self.generated = 0
+        self.s3 = s3
+        self.queued: list[dict[str, Any]] = []
+        self.submitted: list[dict[str, Any]] = []
 
     def invoke_endpoint(self, **params: Any) -> dict[str, Any]:
         """Answer like code/inference.py (docs/CONTRACTS.md)."""
         self.generated += 1
-        body = json.dumps(
-            {
-                "images": [base64.b64encode(tiny_png()).decode("ascii")],
-                "parameters": json.loads(params["Body"])["parameters"],
-                "nsfw_content_detected": [False],
-                "prompt_truncated": False,
-                "timings": {"inference_s": 0.1},
-                "model": {"name": "fake"},
-            }
-        ).encode("utf-8")
+        body = answer(params["Body"])
         return {"Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json"}
+
+    def invoke_endpoint_async(self, **params: Any) -> dict[str, Any]:
+        """Queue the request, as InvokeEndpointAsync does (HTTP 202)."""
+        self.submitted.append(params)
+        self.queued.append(params)
+        name = f"{params['InferenceId']}-{len(self.submitted)}"
+        return {
+            "InferenceId": params["InferenceId"],
+            "OutputLocation": f"s3://{TRANSCRIPT_BUCKET}/{OUTPUT_PREFIX}{name}.out",
+        }
+
+    def process(self) -> list[dict[str, Any]]:
+        """Run every queued request: read its input, write its output, and return the notifications."""
+        notifications = []
+        while self.queued:
+            params = self.queued.pop(0)
+            bucket, _, key = params["InputLocation"][len("s3://") :].partition("/")
+            self.generated += 1
+            name = f"{params['InferenceId']}-{self.generated}"
+            output_key = f"{OUTPUT_PREFIX}{name}.out"
+            self.s3.put_object(
+                Bucket=bucket, Key=output_key, Body=answer(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            )
+            notifications.append(
+                completed(params["InputLocation"], f"s3://{bucket}/{output_key}", params["InferenceId"])
+            )
+        return notifications
 
 
 @dataclass
@@ -112,8 +175,19 @@ class Pipeline:
     aws: Aws
     trigger_env: dict[str, str]
     invoke_env: dict[str, str]
+    result_env: dict[str, str] = field(default_factory=dict)
+    # Notifications not yet handled successfully (an SQS queue in front of async_result).
+    inbox: list[dict[str, Any]] = field(default_factory=list)
     calls: Calls = field(default_factory=Calls)
     endpoint: FakeEndpoint = field(default_factory=FakeEndpoint)
+
+    def __post_init__(self) -> None:
+        self.endpoint.s3 = self.aws.s3
+
+    @property
+    def asynchronous(self) -> bool:
+        """True when invoke_sd queues requests at an asynchronous endpoint."""
+        return self.invoke_env.get("ENDPOINT_MODE") == "async"
 
     def results(self, function: str, *, wrapped: bool) -> tuple[Results, Any]:
         """A `Results` for one invocation, and the S3 client it writes with."""
@@ -197,12 +271,41 @@ class Pipeline:
         )
         return generate_image(record, deps).outcome
 
+    def notify(self, notification: dict[str, Any], *, wrapped: bool = True) -> str:
+        """async_result on one notification (the body of its queue message); returns its outcome."""
+        results, s3 = self.results("async_result", wrapped=wrapped)
+        deps = ResultDependencies(settings=ResultSettings.from_env(self.result_env), s3=s3, results=results)
+        return handle_notification(json.dumps(notification), deps).outcome
+
+    def deliver(self, *, wrapped: bool = True, attempts: int = 5) -> list[str]:
+        """The asynchronous endpoint runs what is queued; each notification is handled, retried like a queue.
+
+        A notification that still fails stays in `inbox`, as an SQS message does, for the next `deliver`.
+        """
+        self.inbox += self.endpoint.process()
+        outcomes = []
+        while self.inbox:
+            note = self.inbox.pop(0)
+            try:
+                outcomes.append(retry(lambda note=note: self.notify(note, wrapped=wrapped), attempts))
+            except Exception:
+                self.inbox.insert(0, note)
+                raise
+        return outcomes
+
+    def generate(self, record: S3Record, *, wrapped: bool = True, attempts: int = 5) -> list[str]:
+        """invoke_sd on the transcript (retried), then, for an asynchronous endpoint, the notifications."""
+        outcomes = [retry(lambda: self.invoke(record, wrapped=wrapped), attempts)]
+        if self.asynchronous or self.inbox:
+            outcomes += self.deliver(wrapped=wrapped, attempts=attempts)
+        return outcomes
+
     def run(self, uploaded: Uploaded, *, wrapped: bool = True, attempts: int = 5) -> None:
         """The whole path for one upload, each step retried (as the queues do) up to `attempts` times."""
         retry(lambda: self.trigger(uploaded, wrapped=wrapped), attempts)
         record = self.transcribe(uploaded)
         if record is not None:
-            retry(lambda: self.invoke(record, wrapped=wrapped), attempts)
+            self.generate(record, wrapped=wrapped, attempts=attempts)
 
     def result_of(self, key: str) -> tuple[str, str | None]:
         """('image', the metadata's upload id) or ('error', its code) or ('none', None); never both kinds."""

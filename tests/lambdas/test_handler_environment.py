@@ -6,10 +6,18 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from async_result.settings import Settings as AsyncResultSettings
 
 import infra.pipeline as pipeline
 from infra.config import PipelineConfig
-from infra.pipeline import JOB_NAME_PREFIX, METRICS_NAMESPACE, BucketRole, Handler, handler_environment
+from infra.pipeline import (
+    ASYNC_REQUEST_PREFIX,
+    JOB_NAME_PREFIX,
+    METRICS_NAMESPACE,
+    BucketRole,
+    Handler,
+    handler_environment,
+)
 from invoke_sd.settings import Settings as InvokeSdSettings
 from pipeline_common import ledger
 from pipeline_common.metrics import DEFAULT_NAMESPACE
@@ -23,6 +31,7 @@ SETTINGS: dict[Handler, Any] = {
     Handler.INVOKE_SD: InvokeSdSettings,
     Handler.TRANSCRIBE_FAILED: TranscribeFailedSettings,
     Handler.SWEEPER: SweeperSettings,
+    Handler.ASYNC_RESULT: AsyncResultSettings,
 }
 
 
@@ -80,6 +89,20 @@ def test_sweeper_gets_its_deadline_and_the_pending_index() -> None:
     for handler in set(Handler) - {Handler.SWEEPER}:
         environment = handler_environment(handler, config, BUCKETS, LEDGER_TABLE)
         assert not {"LEDGER_PENDING_INDEX", "STUCK_AFTER_MINUTES"} & set(environment)
+
+
+@pytest.mark.parametrize("mode", ["async", "realtime"])
+def test_invoke_sd_and_async_result_agree_on_the_async_requests(mode: str) -> None:
+    config = PipelineConfig(endpoint_mode=mode, request_ttl_minutes=30)
+    invoke = InvokeSdSettings.from_env(handler_environment(Handler.INVOKE_SD, config, BUCKETS, LEDGER_TABLE))
+    result = AsyncResultSettings.from_env(handler_environment(Handler.ASYNC_RESULT, config, BUCKETS, LEDGER_TABLE))
+
+    assert invoke.endpoint_mode == result.endpoint_mode == mode
+    assert invoke.request_ttl_seconds == 30 * 60
+    # The stage that reads the notifications looks for requests where invoke_sd stages them.
+    assert invoke.transcript_bucket == result.transcript_bucket == BUCKETS[BucketRole.TRANSCRIPTS]
+    assert invoke.async_request_prefix == result.async_request_prefix == ASYNC_REQUEST_PREFIX
+    assert invoke.endpoint_name == result.endpoint_name
 
 
 def test_ledger_attribute_names_match_the_table_infra_defines() -> None:

@@ -24,9 +24,9 @@ from invoke_sd.endpoint import (
     derive_seed,
     invoke_endpoint,
     is_transient,
-    parse_response,
     request_parameters,
 )
+from pipeline_common.endpoint_output import parse_response
 from tests.lambdas.invoke_sd_support import ENDPOINT, SOURCE_KEY, client_error
 from tests.lambdas.support import endpoint_response, tiny_png
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from invoke_sd.render import render_html, truncation_notices
 from invoke_sd.transcript import TranscriptError, make_prompt, parse_transcript
+from pipeline_common.render import render_html, truncation_notices
 from tests.lambdas.invoke_sd_support import EXPECTED_PROMPT, transcript_doc
 from tests.lambdas.support import EVENTS_DIR, tiny_png
 

@@ -1,7 +1,8 @@
 """One upload, one result, under every race: the issue's three scenarios and exhaustive interleavings.
 
-Each test drives the real handler code (transcribe_trigger -> Transcribe stand-in -> invoke_sd) on moto
-S3, DynamoDB and Transcribe, and ends by checking what a user would see in the output bucket.
+Each test drives the real handler code (transcribe_trigger -> Transcribe stand-in -> invoke_sd, and for an
+asynchronous endpoint -> SageMaker stand-in -> async_result) on moto S3, DynamoDB and Transcribe, and ends by
+checking what a user would see in the output bucket. The interleavings run through both endpoint modes.
 """
 
 from __future__ import annotations
@@ -12,21 +13,33 @@ import pytest
 
 from infra.config import PipelineConfig
 from infra.pipeline import Handler, handler_environment
-from tests.lambdas.race_support import Pipeline, retry, transient
+from tests.lambdas.race_support import Pipeline, transient
 from tests.lambdas.support import BUCKETS, LEDGER_TABLE, Aws
 
 KEY = "notes/idea.mp3"
 
 
-@pytest.fixture
-def pipeline(aws: Aws) -> Pipeline:
-    """The three steps on moto, with injected clients."""
-    config = PipelineConfig()
+def make_pipeline(aws: Aws, mode: str) -> Pipeline:
+    """The steps on moto, with injected clients, for a real-time or an asynchronous endpoint."""
+    config = PipelineConfig(endpoint_mode=mode)
     return Pipeline(
         aws,
         trigger_env=handler_environment(Handler.TRANSCRIBE_TRIGGER, config, BUCKETS, LEDGER_TABLE),
         invoke_env=handler_environment(Handler.INVOKE_SD, config, BUCKETS, LEDGER_TABLE),
+        result_env=handler_environment(Handler.ASYNC_RESULT, config, BUCKETS, LEDGER_TABLE),
     )
+
+
+@pytest.fixture
+def pipeline(aws: Aws) -> Pipeline:
+    """The real-time path (the issue's scenarios; test_async_result.py has their asynchronous versions)."""
+    return make_pipeline(aws, "realtime")
+
+
+@pytest.fixture(params=["realtime", "async"])
+def any_pipeline(aws: Aws, request: pytest.FixtureRequest) -> Pipeline:
+    """The path through either endpoint mode."""
+    return make_pipeline(aws, request.param)
 
 
 def test_a_transient_error_of_an_older_upload_never_deletes_the_newer_image(pipeline: Pipeline) -> None:
@@ -126,18 +139,25 @@ def _steps_of_one_upload(pipeline: Pipeline) -> int:
     return pipeline.calls.count
 
 
-# Counted by test_the_path_makes_the_expected_calls; fixed so that the parametrised ids stay stable.
-_POSITIONS = 14
+# Counted by test_the_path_makes_the_expected_calls; fixed so that the parametrised ids stay stable. The
+# asynchronous path has more calls: staging the request (2 puts), then async_result's reads and clean-up.
+_POSITIONS = {"realtime": 14, "async": 22}
+_CASES = [(mode, position) for mode, count in _POSITIONS.items() for position in range(count)]
 
 
-def test_the_path_makes_the_expected_calls(pipeline: Pipeline) -> None:
+@pytest.mark.parametrize("mode", list(_POSITIONS))
+def test_the_path_makes_the_expected_calls(aws: Aws, mode: str) -> None:
     """The interleaving tests below cover every call of the path: this keeps their count honest."""
-    assert _steps_of_one_upload(pipeline) == _POSITIONS, pipeline.calls.log
+    pipeline = make_pipeline(aws, mode)
+    assert _steps_of_one_upload(pipeline) == _POSITIONS[mode], pipeline.calls.log
 
 
-@pytest.mark.parametrize("position", range(_POSITIONS))
-def test_a_re_upload_between_any_two_calls_ends_with_the_last_uploads_result(pipeline: Pipeline, position: int) -> None:
+@pytest.mark.parametrize(("mode", "position"), _CASES)
+def test_a_re_upload_between_any_two_calls_ends_with_the_last_uploads_result(
+    aws: Aws, mode: str, position: int
+) -> None:
     """B is uploaded (and its event handled) just before call `position` of A's path: B's result wins."""
+    pipeline = make_pipeline(aws, mode)
     a = pipeline.upload(KEY)
     uploads: dict[str, Any] = {}
 
@@ -152,14 +172,15 @@ def test_a_re_upload_between_any_two_calls_ends_with_the_last_uploads_result(pip
     b = uploads["b"]
     record = pipeline.transcribe(b)
     assert record is not None
-    retry(lambda: pipeline.invoke(record))
+    pipeline.generate(record)
     assert pipeline.result_of(KEY) == ("image", b.version_id), pipeline.calls.log
     assert pipeline.endpoint.generated <= 2
 
 
-@pytest.mark.parametrize("position", range(_POSITIONS))
-def test_a_transient_error_at_any_call_still_ends_with_the_uploads_result(pipeline: Pipeline, position: int) -> None:
+@pytest.mark.parametrize(("mode", "position"), _CASES)
+def test_a_transient_error_at_any_call_still_ends_with_the_uploads_result(aws: Aws, mode: str, position: int) -> None:
     """Call `position` of the path fails once with a 503; the retries end with the image, generated once or twice."""
+    pipeline = make_pipeline(aws, mode)
     a = pipeline.upload(KEY)
 
     def fail_once(index: int, service: str, operation: str) -> None:
@@ -176,15 +197,19 @@ def test_a_transient_error_at_any_call_still_ends_with_the_uploads_result(pipeli
     ]
     assert entry["stage"]["S"] == "done"
     assert "writer_token" not in entry and "pending" not in entry
+    if pipeline.asynchronous:
+        # A failure before the request was queued gives the lease back; no request is queued twice.
+        assert len(pipeline.endpoint.submitted) == 1, pipeline.calls.log
 
 
-@pytest.mark.parametrize("position", range(_POSITIONS))
-def test_a_whole_newer_upload_finishing_inside_any_call_still_wins(pipeline: Pipeline, position: int) -> None:
+@pytest.mark.parametrize(("mode", "position"), _CASES)
+def test_a_whole_newer_upload_finishing_inside_any_call_still_wins(aws: Aws, mode: str, position: int) -> None:
     """B is uploaded and runs its whole path just before call `position` of A's path; B's result stays.
 
     When A holds the key's writer lock at that moment, B's commit cannot finish inside the call: like a
     queue, the test delivers B's transcript again after A's path has ended.
     """
+    pipeline = make_pipeline(aws, mode)
     a = pipeline.upload(KEY)
     uploads: dict[str, Any] = {}
 

@@ -256,6 +256,9 @@ def test_progress_and_summary_are_readable(runtime: LocalRuntime, tmp_path: Path
     assert "summary check.wav: image" in summary
     for stage in ("transcript:", "decode", "ASR", "transcript->endpoint", "generation", "writes", "pipeline overhead"):
         assert stage in summary, stage
+    if runtime.config.is_async:
+        assert progress.index("waiting for the GPU") < progress.index("generating")
+        assert "waiting for the GPU" in summary
     assert f"gallery: {tmp_path / 'out' / 'index.html'}" in summary
 
 
@@ -277,3 +280,29 @@ def test_uploading_the_same_file_again_is_a_new_upload_with_the_same_picture(
     assert second["source"]["upload_id"] != first["source"]["upload_id"]
     assert (tmp_path / "second" / "repeat.mp3.png").read_bytes() == (tmp_path / "first" / "repeat.mp3.png").read_bytes()
     assert all(count == 1 for count in runtime.generations.values()), "each upload generated once"
+
+
+def test_a_cold_start_shows_the_gpu_starting_before_generating(runtime: LocalRuntime, tmp_path: Path) -> None:
+    endpoint = runtime.endpoint.async_endpoint
+    assert endpoint is not None, "cdk.json's default endpoint is asynchronous"
+    recording = tmp_path / "cold start.mp3"
+    shutil.copyfile(AUDIO / "red-apple.mp3", recording)
+    # Scaled in at once: the next request finds no instance and waits for one to start.
+    endpoint.cold_start_s, endpoint.scale_in_idle_s = 1.0, 0.0
+    starts = endpoint.cold_starts
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        code = main(
+            ["run", str(recording), "--out", str(tmp_path / "out")], runtime=runtime, stdout=stdout, stderr=stderr
+        )
+    finally:
+        endpoint.cold_start_s, endpoint.scale_in_idle_s = 0.0, runtime.config.scale_in_idle_minutes * 60.0
+
+    assert code == 0
+    assert endpoint.cold_starts == starts + 1
+    progress = stderr.getvalue()
+    waiting = progress.index("waiting for the GPU")
+    starting = progress.index("starting the GPU (cold start, 1 s)")
+    assert waiting < starting < progress.index("generating")
+    result = runtime.collect("cold start.mp3")
+    assert result.timings["waiting"] >= 1.0, "the cold start is time spent waiting, not generating"

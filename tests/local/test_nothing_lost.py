@@ -8,12 +8,17 @@ exactly one of the image set or `errors/<key>.json` per upload, and nothing left
 dead-letter queue unless the test expects it there (and then replays it). Permanent failures become
 error records at once; transient ones go back to the queue and, after the queue's maxReceiveCount, to
 the dead-letter queue. Error records name the invocation (`request_id`) and never carry raw exception text.
+
+The runtime runs once per endpoint mode: async (the default, with its own faults: a Failed notification, a
+duplicate or test notification, a superseded upload, a missing or malformed output, an expired request) and
+realtime. Tests marked `modes(...)` run only where their fault exists; the speech-side tests run in async only.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from infra.pipeline import ERROR_PREFIX, IMAGE_PREFIX, BucketRole, Handler, routes
+from infra.pipeline import ASYNC_RESULT_QUEUE, ERROR_PREFIX, IMAGE_PREFIX, BucketRole, Handler, routes
 from local.runtime import LocalRuntime, UploadResult, load_config, local_config, tiny_model
 from local.wer import word_error_rate
 from tests.local.runtime_support import AUDIO, MANIFEST
@@ -37,11 +42,15 @@ SPEECH = AUDIO / "red-apple.mp3"
 UNDECODABLE = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 8
 
 
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
-    """The whole local pipeline with the real handlers, started once for the module."""
+@pytest.fixture(scope="module", params=["async", "realtime"])
+def runtime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
+    """The whole local pipeline with the real handlers, started once per endpoint mode."""
     model = tiny_model()
-    config = replace(local_config(load_config(), model, size=IMAGE_SIZE, steps=STEPS), max_media_mb=MAX_MEDIA_MB)
+    config = replace(
+        local_config(load_config(), model, size=IMAGE_SIZE, steps=STEPS),
+        max_media_mb=MAX_MEDIA_MB,
+        endpoint_mode=request.param,
+    )
     runtime = LocalRuntime(config, model, log_dir=tmp_path_factory.mktemp("logs"), sweep_interval_s=None)
     runtime.start()
     yield runtime
@@ -49,10 +58,15 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
 
 
 @pytest.fixture(autouse=True)
-def _no_faults_left(runtime: LocalRuntime) -> Iterator[None]:
-    """Every test starts and ends with working stand-ins and empty dead-letter queues."""
+def _no_faults_left(request: pytest.FixtureRequest, runtime: LocalRuntime) -> Iterator[None]:
+    """Each test runs in its endpoint modes, and starts and ends with working stand-ins and empty dead-letter queues."""
+    marker = request.node.get_closest_marker("modes")
+    if marker is not None and runtime.config.endpoint_mode not in marker.args:
+        pytest.skip(f"only with the {' or '.join(marker.args)} endpoint")
     yield
     runtime.faults.clear()
+    if runtime.endpoint.async_endpoint is not None:
+        runtime.endpoint.async_endpoint.release()
     runtime.endpoint.limit_s = 60.0
     runtime.wait_until_idle(timeout_s=120)
     for handler in Handler:
@@ -110,7 +124,14 @@ def assert_error(runtime: LocalRuntime, result: UploadResult, stage: str, code: 
 
 def max_receive_count(runtime: LocalRuntime, handler: Handler) -> int:
     """How often the handler's queue delivers a message before SQS moves it to the dead-letter queue."""
+    if handler is Handler.ASYNC_RESULT:
+        return ASYNC_RESULT_QUEUE.max_receive_count
     return next(route.queue.max_receive_count for route in routes(runtime.config) if route.handler is handler)
+
+
+def result_stage(runtime: LocalRuntime) -> Handler:
+    """The handler that writes an upload's image: invoke_sd (real-time), async_result (async)."""
+    return Handler.ASYNC_RESULT if runtime.config.is_async else Handler.INVOKE_SD
 
 
 def outcomes(result_or_trace: Any, handler: Handler) -> list[str]:
@@ -131,10 +152,12 @@ def test_endpoint_down_then_back_is_retried_and_nothing_is_lost(runtime: LocalRu
     assert_image(runtime, result)
     invocations = runtime.traces.get(result.key).invocations_of(Handler.INVOKE_SD.value)
     assert [item.invocation.ok for item in invocations] == [True], "invoke_sd's own retries rode out the outage"
-    assert result.metadata is not None and result.metadata["timings"]["endpoint_attempts"] == 3
+    if not runtime.config.is_async:
+        assert result.metadata is not None and result.metadata["timings"]["endpoint_attempts"] == 3
     assert runtime.dead_letters(Handler.INVOKE_SD) == 0
 
 
+@pytest.mark.modes("realtime")
 def test_endpoint_500_until_fixed_ends_in_the_dead_letter_queue_and_replays(
     runtime: LocalRuntime, tmp_path: Path
 ) -> None:
@@ -160,6 +183,7 @@ def test_endpoint_500_until_fixed_ends_in_the_dead_letter_queue_and_replays(
     assert runtime.dead_letters(Handler.INVOKE_SD) == 0
 
 
+@pytest.mark.modes("realtime")
 def test_an_endpoint_slower_than_the_realtime_limit_ends_as_a_timeout_error(
     runtime: LocalRuntime, tmp_path: Path
 ) -> None:
@@ -175,6 +199,7 @@ def test_an_endpoint_slower_than_the_realtime_limit_ends_as_a_timeout_error(
     assert runtime.dead_letters(Handler.INVOKE_SD) == 0
 
 
+@pytest.mark.modes("async")
 def test_a_recogniser_crash_mid_job_is_survived(runtime: LocalRuntime, tmp_path: Path) -> None:
     restarts = runtime.engine.restarts
     runtime.faults.inject("transcriber", "crash", times=1)
@@ -186,6 +211,7 @@ def test_a_recogniser_crash_mid_job_is_survived(runtime: LocalRuntime, tmp_path:
     assert word_error_rate(MANIFEST["speech"]["red-apple.mp3"]["text"], result.transcript or "") <= 0.1
 
 
+@pytest.mark.modes("async")
 def test_a_recogniser_that_keeps_crashing_fails_the_job_with_a_clear_error(
     runtime: LocalRuntime, tmp_path: Path
 ) -> None:
@@ -200,6 +226,7 @@ def test_a_recogniser_that_keeps_crashing_fails_the_job_with_a_clear_error(
     assert_image(runtime, run_one(runtime, SPEECH, "crash/after.mp3", tmp_path))
 
 
+@pytest.mark.modes("async")
 def test_a_failed_transcription_job_ends_as_an_error_record(runtime: LocalRuntime, tmp_path: Path) -> None:
     result = run_one(runtime, UNDECODABLE, "broken/truncated.mp3", tmp_path)
 
@@ -208,6 +235,7 @@ def test_a_failed_transcription_job_ends_as_an_error_record(runtime: LocalRuntim
     assert error["details"]["job_name"] == result.job.name if result.job else False
 
 
+@pytest.mark.modes("async")
 def test_a_malformed_transcript_ends_as_an_error_record(runtime: LocalRuntime, tmp_path: Path) -> None:
     runtime.faults.inject("transcript", "malformed", times=1)
 
@@ -227,10 +255,16 @@ def test_an_s3_write_failure_is_recorded_and_replayed_once_fixed(runtime: LocalR
     # The error type, never the exception's own text: that stays in the function's log.
     assert "AccessDenied" in error["reason"] and "fault injected" not in json.dumps(error)
     assert "retried" in error["reason"]
-    assert runtime.dead_letters(Handler.INVOKE_SD) == 1
+    writer = result_stage(runtime)
+    assert runtime.dead_letters(writer) == 1
+    trace = runtime.traces.get(key)
+    # Real-time: each receive calls the endpoint again; async: one generation, its notification is retried.
+    generations = 1 if runtime.config.is_async else max_receive_count(runtime, Handler.INVOKE_SD)
+    assert len(trace.endpoint_calls) == generations
+    assert len(trace.invocations_of(writer.value)) == max_receive_count(runtime, writer)
 
     runtime.faults.clear("s3-put")
-    runtime.replay_dead_letters(Handler.INVOKE_SD)
+    runtime.replay_dead_letters(writer)
     assert runtime.wait_until_idle(timeout_s=120)
 
     assert_image(runtime, runtime.collect(key))
@@ -240,10 +274,8 @@ def test_the_same_events_delivered_twice_change_nothing(runtime: LocalRuntime, t
     first = run_one(runtime, SPEECH, "twice/delivered.mp3", tmp_path)
     assert_image(runtime, first)
     trace = runtime.traces.get(first.key)
-    events = {
-        handler: trace.invocations_of(handler.value)[0].event
-        for handler in (Handler.TRANSCRIBE_TRIGGER, Handler.INVOKE_SD)
-    }
+    stages = (Handler.TRANSCRIBE_TRIGGER, Handler.INVOKE_SD, result_stage(runtime))
+    events = {handler: trace.invocations_of(handler.value)[0].event for handler in stages}
     png = first.png
 
     for handler, event in events.items():
@@ -251,7 +283,11 @@ def test_the_same_events_delivered_twice_change_nothing(runtime: LocalRuntime, t
     assert runtime.wait_until_idle(timeout_s=120)
 
     assert outcomes(trace, Handler.TRANSCRIBE_TRIGGER) == ["started", "duplicate"]
-    assert outcomes(trace, Handler.INVOKE_SD) == ["generated", "duplicate"]
+    if runtime.config.is_async:
+        assert outcomes(trace, Handler.INVOKE_SD) == ["submitted", "duplicate"]
+        assert outcomes(trace, Handler.ASYNC_RESULT) == ["generated", "duplicate"]
+    else:
+        assert outcomes(trace, Handler.INVOKE_SD) == ["generated", "duplicate"]
     assert len(trace.endpoint_calls) == 1, "a repeated event costs no second generation"
     again = runtime.collect(first.key)
     assert_image(runtime, again)
@@ -263,10 +299,8 @@ def test_events_out_of_order_never_let_an_older_upload_win(runtime: LocalRuntime
     old = run_one(runtime, SPEECH, key, tmp_path)
     assert_image(runtime, old)
     old_trace = runtime.traces.get(key)
-    old_events = {
-        handler: old_trace.invocations_of(handler.value)[0].event
-        for handler in (Handler.TRANSCRIBE_TRIGGER, Handler.INVOKE_SD)
-    }
+    stages = (Handler.TRANSCRIBE_TRIGGER, Handler.INVOKE_SD, result_stage(runtime))
+    old_events = {handler: old_trace.invocations_of(handler.value)[0].event for handler in stages}
     new = run_one(runtime, AUDIO / "castle at sunset.mp3", key, tmp_path)
     assert_image(runtime, new)
     assert "castle" in (new.transcript or "")
@@ -279,6 +313,7 @@ def test_events_out_of_order_never_let_an_older_upload_win(runtime: LocalRuntime
     new_trace = runtime.traces.get(key)
     assert outcomes(new_trace, Handler.TRANSCRIBE_TRIGGER)[-1] == "superseded"
     assert outcomes(new_trace, Handler.INVOKE_SD)[-1] == "superseded"
+    assert outcomes(new_trace, result_stage(runtime))[-1] == "superseded"
     latest = runtime.collect(key)
     assert_image(runtime, latest)
     assert latest.transcript == new.transcript and latest.png == new.png
@@ -299,9 +334,123 @@ def test_a_late_failure_of_an_older_job_does_not_replace_a_newer_image(runtime: 
     assert_image(runtime, runtime.collect(key))
 
 
+# -- 4b. the asynchronous endpoint's own faults ------------------------------------------------------
+
+
+def wait_for_backlog(runtime: LocalRuntime, count: int, timeout_s: float = 120) -> None:
+    """Wait until `count` requests wait in the (held) async endpoint's queue."""
+    assert runtime.endpoint.async_endpoint is not None
+    deadline = time.monotonic() + timeout_s
+    while runtime.endpoint.async_endpoint.backlog < count:
+        assert time.monotonic() < deadline, f"{count} request(s) never reached the endpoint's queue"
+        time.sleep(0.05)
+
+
+@pytest.mark.modes("async")
+def test_a_failed_notification_ends_as_the_models_rejection(runtime: LocalRuntime, tmp_path: Path) -> None:
+    fault = runtime.faults.inject("async", "error", status=400)
+
+    result = run_one(runtime, SPEECH, "async/rejected.mp3", tmp_path)
+
+    assert fault.fired == 1
+    error = assert_error(runtime, result, "generate", "endpoint-rejected")
+    assert "fault injected by local mode" in error["reason"], "the model's own words, unwrapped"
+    assert "imageParameters" in error["action"]
+    assert outcomes(runtime.traces.get(result.key), Handler.ASYNC_RESULT) == ["rejected"]
+    assert runtime.dead_letters(Handler.ASYNC_RESULT) == 0
+
+
+@pytest.mark.modes("async")
+def test_a_duplicate_notification_changes_nothing(runtime: LocalRuntime, tmp_path: Path) -> None:
+    runtime.faults.inject("async", "duplicate-notification")
+
+    result = run_one(runtime, SPEECH, "async/twice notified.mp3", tmp_path)
+
+    assert_image(runtime, result)
+    trace = runtime.traces.get(result.key)
+    assert sorted(outcomes(trace, Handler.ASYNC_RESULT)) == ["duplicate", "generated"]
+    assert len(trace.endpoint_calls) == 1
+    assert runtime.dead_letters(Handler.ASYNC_RESULT) == 0
+
+
+@pytest.mark.modes("async")
+def test_a_notification_for_a_superseded_upload_writes_nothing(runtime: LocalRuntime, tmp_path: Path) -> None:
+    key = "async/uploaded again while waiting.mp3"
+    assert runtime.endpoint.async_endpoint is not None
+    runtime.endpoint.async_endpoint.hold()  # the GPU is busy: requests wait in the endpoint's queue
+    runtime.upload(SPEECH, key=key)
+    wait_for_backlog(runtime, 1)
+    runtime.upload(AUDIO / "castle at sunset.mp3", key=key)
+    wait_for_backlog(runtime, 2)
+    runtime.endpoint.async_endpoint.release()
+    assert runtime.wait_until_idle(timeout_s=300)
+
+    result = runtime.collect(key)
+    assert_image(runtime, result)
+    assert "castle" in (result.transcript or ""), "the newer upload's image, whichever notification came first"
+    trace = runtime.traces.get(key)
+    assert sorted(outcomes(trace, Handler.ASYNC_RESULT)) == ["generated", "superseded"]
+    assert len(trace.endpoint_calls) == 2, "SageMaker ran both requests: only the current one became the result"
+
+
+@pytest.mark.modes("async")
+@pytest.mark.parametrize("kind", ["missing-output", "malformed-output"])
+def test_a_bad_output_object_ends_as_an_error_record(runtime: LocalRuntime, tmp_path: Path, kind: str) -> None:
+    runtime.faults.inject("async", kind)
+
+    result = run_one(runtime, SPEECH, f"async/{kind}.mp3", tmp_path)
+
+    error = assert_error(runtime, result, "generate", "bad-endpoint-response")
+    if kind == "missing-output":
+        assert "does not exist" in error["reason"]
+    assert runtime.dead_letters(Handler.ASYNC_RESULT) == 0, "a bad output is recorded, not retried"
+
+
+@pytest.mark.modes("async")
+def test_a_test_notification_is_ignored(runtime: LocalRuntime, tmp_path: Path) -> None:
+    fault = runtime.faults.inject("async", "test-notification")
+
+    result = run_one(runtime, SPEECH, "async/after a test notification.mp3", tmp_path)
+
+    assert fault.fired == 1
+    assert_image(runtime, result)
+    assert runtime.dead_letters(Handler.ASYNC_RESULT) == 0, "the test message was handled, not retried"
+
+
+@pytest.mark.modes("async")
+def test_a_request_that_outlives_its_ttl_with_a_failed_notification_is_an_error(
+    runtime: LocalRuntime, tmp_path: Path
+) -> None:
+    runtime.faults.inject("async", "expire", notify=True)
+
+    result = run_one(runtime, SPEECH, "async/expired notified.mp3", tmp_path)
+
+    error = assert_error(runtime, result, "generate", "endpoint-error")
+    assert "expired" in error["reason"]
+    assert "requestTtlMinutes" in error["action"]
+    assert not runtime.traces.get(result.key).endpoint_calls, "an expired request never runs"
+
+
+@pytest.mark.modes("async")
+def test_a_request_that_expires_silently_waits_for_the_sweeper(runtime: LocalRuntime, tmp_path: Path) -> None:
+    key = "async/expired silently.mp3"
+    runtime.faults.inject("async", "expire", notify=False)
+
+    result = run_one(runtime, SPEECH, key, tmp_path)
+
+    # No notification: nothing is written, and the ledger holds the upload in "waiting" for the sweeper,
+    # which records it as stuck after STUCK_AFTER_MINUTES (tests/lambdas covers that record).
+    assert results_for(runtime, key) == {"image": False, "any_image_part": False, "error": False}
+    assert result.error_origin == "local mode"
+    item = runtime.ledger_item(key) or {}
+    assert item.get("stage", {}).get("S") == "waiting", item
+    assert runtime.dead_letters(Handler.ASYNC_RESULT) == 0
+
+
 # -- 5. bad input ---------------------------------------------------------------------------------
 
 
+@pytest.mark.modes("async")
 @pytest.mark.parametrize(
     ("fixture", "stage", "code"),
     [
@@ -327,6 +476,7 @@ def test_bad_input_ends_as_a_clear_error_and_the_upload_stays(
     assert kept["ContentLength"] == (AUDIO / fixture).stat().st_size, "the upload is never deleted"
 
 
+@pytest.mark.modes("async")
 def test_a_file_over_the_size_limit_is_refused_before_transcription(runtime: LocalRuntime, tmp_path: Path) -> None:
     big = tmp_path / "big.mp3"
     data = SPEECH.read_bytes()
@@ -339,6 +489,7 @@ def test_a_file_over_the_size_limit_is_refused_before_transcription(runtime: Loc
     assert result.job is None, "no Transcribe job was started"
 
 
+@pytest.mark.modes("async")
 def test_very_long_speech_is_truncated_with_a_notice(runtime: LocalRuntime, tmp_path: Path) -> None:
     result = run_one(runtime, AUDIO / "long-description.mp3", "long/description.mp3", tmp_path)
 
@@ -367,6 +518,7 @@ def test_awkward_keys_end_as_images_under_their_own_names(runtime: LocalRuntime,
     assert (result.metadata or {})["source"]["key"] == f"keys/{key}"
 
 
+@pytest.mark.modes("realtime")
 def test_the_cli_reports_notices_and_dead_letters(runtime: LocalRuntime, tmp_path: Path) -> None:
     from tests.local.test_e2e import run_cli
 

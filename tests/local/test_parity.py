@@ -195,10 +195,41 @@ def test_notifications_are_the_same(template: dict[str, Any], runtime: LocalRunt
     assert compare_notifications(deployed, local) == []
 
 
-def test_queues_feed_the_handlers_the_same_way(template: dict[str, Any], runtime: LocalRuntime) -> None:
+def test_queues_feed_the_handlers_the_same_way(
+    template: dict[str, Any], runtime: LocalRuntime, config: PipelineConfig
+) -> None:
     deployed = template_queue_settings(template)
-    assert set(deployed) == {Handler.TRANSCRIBE_TRIGGER, Handler.INVOKE_SD}
+    expected = {Handler.TRANSCRIBE_TRIGGER, Handler.INVOKE_SD} | ({Handler.ASYNC_RESULT} if config.is_async else set())
+    assert set(deployed) == expected
     assert local_queue_settings(runtime) == deployed
+
+
+def template_result_subscriptions(template: dict[str, Any]) -> list[tuple[str, Handler, bool]]:
+    """SNS -> SQS subscriptions: (topic logical id, the handler behind the queue, raw message delivery)."""
+    queues = template_queue_functions(template)
+    found = []
+    for body in _resources(template, "AWS::SNS::Subscription").values():
+        properties = body["Properties"]
+        if properties.get("Protocol") != "sqs":
+            continue
+        queue = properties["Endpoint"]["Fn::GetAtt"][0]
+        raw = properties.get("RawMessageDelivery") in (True, "true")
+        found.append((properties["TopicArn"]["Ref"], queues[queue][0], raw))
+    return sorted(found)
+
+
+def test_async_notifications_reach_async_result_raw(
+    template: dict[str, Any], runtime: LocalRuntime, config: PipelineConfig
+) -> None:
+    """AWS: success and error topics, raw delivery, one queue to async_result; locally the endpoint sends there."""
+    assert config.is_async, "cdk.json's default is the async endpoint"
+    subscriptions = template_result_subscriptions(template)
+    assert len({topic for topic, *_ in subscriptions}) == 2
+    assert {(handler, raw) for _, handler, raw in subscriptions} == {(Handler.ASYNC_RESULT, True)}
+    assert runtime.endpoint.async_endpoint is not None
+    queue = runtime.aws.queue_for(Handler.ASYNC_RESULT)
+    # The local async endpoint delivers to exactly the queue the dispatcher feeds to async_result.
+    assert runtime.endpoint.async_endpoint.notification_queue_url == queue.url
 
 
 def test_environment_variable_names_are_the_same(template: dict[str, Any], runtime: LocalRuntime) -> None:
@@ -245,7 +276,7 @@ def test_local_results_never_notify(runtime: LocalRuntime, template: dict[str, A
 
 
 def test_every_handler_runs_with_handler_environment(runtime: LocalRuntime, config: PipelineConfig) -> None:
-    """All four functions, the sweeper included: exactly `handler_environment(...)`, the ledger table included."""
+    """Every function, the sweeper and async_result included: exactly `handler_environment(...)`."""
     assert set(runtime.functions) == set(Handler)
     for handler in Handler:
         expected = handler_environment(handler, runtime.config, runtime.bucket_names, runtime.aws.ledger_table)

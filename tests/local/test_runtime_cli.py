@@ -141,3 +141,30 @@ def test_an_asr_model_folder_is_what_the_recognition_process_loads(tmp_path: Pat
         assert heard.text == "A red apple on a wooden table."
     finally:
         remote.close()
+
+
+def test_a_cold_start_needs_the_async_endpoint(tmp_path: Path) -> None:
+    args = ("run", str(AUDIO / "red-apple.mp3"), "--out", str(tmp_path / "out"))
+    code, _, stderr = run(*args, "--endpoint-mode", "realtime", "--cold-start", "5")
+    assert code == EXIT_USAGE
+    assert "--cold-start needs the async endpoint" in stderr
+    code, _, stderr = run(*args, "--cold-start", "-1")
+    assert code == EXIT_USAGE and "zero or more" in stderr
+    code, _, stderr = run(*args, "--endpoint-mode", "batch")
+    assert code == EXIT_USAGE and "invalid choice" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_async_timings_show_the_wait_for_the_gpu() -> None:
+    line = format_timings({"transcript_to_endpoint": 0.1, "waiting": 2.0, "generation": 0.4, "total": 3.0})
+    assert line.startswith("transcript->endpoint 0.10s | waiting for the GPU 2.00s | generation 0.40s | total 3.00s")
+
+
+def test_image_options_keep_the_chosen_endpoint_mode() -> None:
+    from local.cli import _with_image_overrides, build_parser
+    from local.settings import load_config
+
+    args = build_parser().parse_args(["run", "x.mp3", "--endpoint-mode", "realtime", "--size", "64"])
+    config = _with_image_overrides(load_config(endpoint_mode=args.endpoint_mode), args)
+    assert (config.endpoint_mode, config.image.height) == ("realtime", 64)
+    assert load_config().endpoint_mode == "async", "cdk.json's default, as on AWS"

@@ -126,3 +126,113 @@ def test_other_paths_are_not_operations(server: tuple[SageMakerRuntimeServer, li
         urllib.request.urlopen(f"{server[0].url}/ping", timeout=5)  # noqa: S310 - loopback URL built above
     assert raised.value.code == 404
     assert json.loads(raised.value.read())["__type"] == "UnknownOperationException"
+
+
+# -- InvokeEndpointAsync ------------------------------------------------------------------------------
+
+BUCKET = "s2i-local-transcripts"
+
+
+@pytest.fixture()
+def async_endpoint(server: tuple[SageMakerRuntimeServer, list[EndpointCall]]) -> Iterator[tuple[Any, list[str]]]:
+    """The server's async endpoint on moto's in-process S3; notifications are collected in order."""
+    from moto import mock_aws
+
+    from local.async_endpoint import AsyncEndpoint
+    from local.faults import Faults
+    from local.tracking import Activity
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        sent: list[str] = []
+        endpoint = AsyncEndpoint(
+            run_model=server[0].run_model,
+            s3=lambda: s3,
+            send_notification=sent.append,
+            bucket=BUCKET,
+            region="us-east-1",
+            log_stream_arn=server[0].log_stream_arn(),
+            activity=Activity(),
+            faults=server[0].faults,
+            emit=lambda progress: None,
+        )
+        assert isinstance(server[0].faults, Faults)
+        server[0].async_endpoint = endpoint
+        endpoint.start()
+        try:
+            yield s3, sent
+        finally:
+            endpoint.stop()
+            server[0].async_endpoint = None
+
+
+def _wait_for(sent: list[str], count: int) -> list[dict[str, Any]]:
+    import time
+
+    deadline = time.monotonic() + 60
+    while len(sent) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return [json.loads(message) for message in sent]
+
+
+def test_an_async_request_is_accepted_then_answered_in_order_with_sagemakers_notification(
+    client: Any, async_endpoint: tuple[Any, list[str]]
+) -> None:
+    s3, sent = async_endpoint
+    locations = []
+    for index, prompt in enumerate(["a red apple", "a castle at sunset"]):
+        key = f"async/requests/note{index}.mp3/{index:040x}.json"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=_request(prompt))
+        response = client.invoke_endpoint_async(
+            EndpointName=ENDPOINT,
+            InputLocation=f"s3://{BUCKET}/{key}",
+            ContentType="application/json",
+            Accept="application/json",
+            InferenceId=f"{index:040x}",
+            RequestTTLSeconds=600,
+        )
+        assert response["ResponseMetadata"]["HTTPStatusCode"] == 202
+        assert response["InferenceId"] == f"{index:040x}"
+        assert response["OutputLocation"] == f"s3://{BUCKET}/async/outputs/{index:040x}.out"
+        assert response["FailureLocation"] == f"s3://{BUCKET}/async/failures/{index:040x}-error.out"
+        locations.append((key, response["OutputLocation"]))
+
+    notifications = _wait_for(sent, 2)
+
+    assert [item["inferenceId"] for item in notifications] == [f"{0:040x}", f"{1:040x}"], "in order"
+    for (key, output), notification in zip(locations, notifications, strict=True):
+        assert set(notification) == {
+            "awsRegion", "eventTime", "receivedTime", "invocationStatus", "requestParameters",
+            "responseParameters", "inferenceId", "eventVersion", "eventSource", "eventName",
+        }  # fmt: skip
+        assert notification["invocationStatus"] == "Completed"
+        assert notification["eventSource"] == "aws:sagemaker" and notification["eventName"] == "InferenceResult"
+        assert notification["requestParameters"] == {"endpointName": ENDPOINT, "inputLocation": f"s3://{BUCKET}/{key}"}
+        assert notification["responseParameters"] == {"contentType": "application/json", "outputLocation": output}
+        body = json.loads(s3.get_object(Bucket=BUCKET, Key=output.split("/", 3)[3])["Body"].read())
+        assert body["images"], "the body /invocations would return"
+
+
+def test_a_rejected_async_request_is_a_failed_notification_with_a_failure_object(
+    client: Any, async_endpoint: tuple[Any, list[str]]
+) -> None:
+    s3, sent = async_endpoint
+    key = "async/requests/bad.mp3/" + "f" * 40 + ".json"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b'{"inputs": ""}')
+    client.invoke_endpoint_async(EndpointName=ENDPOINT, InputLocation=f"s3://{BUCKET}/{key}", InferenceId="f" * 40)
+
+    [notification] = _wait_for(sent, 1)
+
+    assert notification["invocationStatus"] == "Failed"
+    assert notification["failureReason"].startswith("ClientError: Received client error (400) from model")
+    failure = notification["responseParameters"]["failureLocation"]
+    assert b"inputs is empty" in s3.get_object(Bucket=BUCKET, Key=failure.split("/", 3)[3])["Body"].read()
+
+
+def test_an_async_request_without_an_s3_input_is_a_validation_error(
+    client: Any, async_endpoint: tuple[Any, list[str]]
+) -> None:
+    with pytest.raises(ClientError) as raised:
+        client.invoke_endpoint_async(EndpointName=ENDPOINT, InputLocation="https://example.com/x.json")
+    assert raised.value.response["Error"]["Code"] == "ValidationError"

@@ -133,6 +133,39 @@ def test_s3_test_event_in_a_dead_letter_queue_is_a_redriven_message() -> None:
     assert letter.label == "S3 event (no object)"
 
 
+SAGEMAKER_SUCCESS = {
+    "awsRegion": "us-east-1",
+    "eventTime": "2026-12-02T10:00:00.000Z",
+    "receivedTime": "2026-12-02T09:59:00.000Z",
+    "invocationStatus": "Completed",
+    "requestParameters": {"endpointName": "speech-to-image-sd", "inputLocation": "s3://t/async/requests/k/1.json"},
+    "responseParameters": {"contentType": "application/json", "outputLocation": "s3://t/async/outputs/1.out"},
+    "inferenceId": "1",
+    "eventVersion": "1.0",
+    "eventSource": "aws:sagemaker",
+    "eventName": "InferenceResult",
+}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        SAGEMAKER_SUCCESS,
+        {"eventName": "TestNotification"},
+        {"Type": "Notification", "MessageId": "m", "Message": json.dumps(SAGEMAKER_SUCCESS)},
+    ],
+    ids=["raw", "test-notification", "sns-envelope"],
+)
+def test_redriven_sagemaker_notification_goes_back_to_async_results_queue_unchanged(body: dict[str, Any]) -> None:
+    """async_result's dead letters are the notifications themselves: sent back byte for byte."""
+    message = received(body)
+    letter = parse_dead_letter(message)
+    assert letter.redriven and letter.body == message["Body"]
+    assert (letter.condition, letter.error) == (REDRIVEN, None)
+    if body is SAGEMAKER_SUCCESS:
+        assert letter.label == "SageMaker notification (inference 1)"
+
+
 def test_function_records_are_not_redriven() -> None:
     assert not parse_dead_letter(received(lambda_record(s3_event()))).redriven
     assert not parse_dead_letter(received(s3_event(), eventbridge_attributes())).redriven
@@ -154,7 +187,7 @@ def _without(record: dict[str, Any], *path: str) -> dict[str, Any]:
         (received(""), "not JSON"),
         (received([1, 2]), "JSON list, not an object"),
         (received({"Records": [{"eventSource": "aws:sqs", "body": "{}"}]}), "neither a Lambda on-failure record"),
-        (received({"Records": []}), "nor an S3 event notification"),
+        (received({"Records": []}), "nor a notification from a source queue"),
         (received({"Records": [*s3_event()["Records"], {"eventSource": "aws:sns"}]}), "neither"),
         (received(_without(lambda_record(s3_event()), "requestContext", "functionArn")), "neither"),
         (received({**lambda_record(s3_event()), "requestContext": "oops"}), "neither"),

@@ -1,16 +1,70 @@
-"""What a finished image looks like to a person: the notices, the HTML page, the metadata document."""
+"""What a finished image looks like to a person: the notices, the HTML page, the metadata document.
+
+Both ways of generating (a real-time call in invoke_sd, an asynchronous request finished in async_result) build
+an upload's image set here, from an `ImageRequest` (what was heard and asked for) and the endpoint's image.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
+
+from pipeline_common.endpoint_output import GeneratedImage
+from pipeline_common.keys import ImageKeys
+from pipeline_common.results import ImageSet
 
 # Stable Diffusion 1.x reads prompts through CLIP, whose tokenizer stops at 77 tokens; the endpoint
 # only says whether it cut (prompt_truncated), so the notice names the model's limit itself.
 MODEL_PROMPT_TOKENS = 77
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The parts of a Transcribe output document the pipeline uses."""
+
+    text: str
+    job_name: str | None = None
+    language_code: str | None = None
+    # Mean over the words (pronunciation items) that carry a confidence; None when none does.
+    mean_confidence: float | None = None
+    scored_words: int = 0
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """Everything an image set tells besides the image: the upload, what was heard, the prompt and its limits.
+
+    An asynchronous request keeps it as JSON next to the staged request (`to_json`/`from_json`), so the stage
+    that receives the result renders exactly what the real-time path renders.
+    """
+
+    source_key: str
+    upload_id: str
+    transcript: Transcript
+    transcript_location: Mapping[str, Any]
+    prompt: str
+    transcript_truncated: bool
+    max_prompt_chars: int
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    timings: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """The request as a JSON document."""
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ImageRequest:
+        """Read `to_json`'s document; `ValueError` when it is not one."""
+        try:
+            document = json.loads(data)
+            return cls(**{**document, "transcript": Transcript(**document["transcript"])})
+        except (UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"not an image request document: {error!r}") from None
 
 
 def truncation_notices(
@@ -70,13 +124,13 @@ def metadata_document(
     *,
     settings: Any,
     source_key: str,
-    transcript: Any,
+    transcript: Transcript,
     transcript_location: Mapping[str, Any],
     prompt: str,
     transcript_truncated: bool,
-    image: Any,
+    image: GeneratedImage,
     notices: Sequence[str],
-    keys: Any,
+    keys: ImageKeys,
     timings: Mapping[str, Any],
     upload_id: str,
     created: str,
@@ -105,3 +159,46 @@ def metadata_document(
         "timings": dict(timings),
         "created": created,
     }
+
+
+def build_image_set(
+    request: ImageRequest,
+    image: GeneratedImage,
+    *,
+    settings: Any,
+    keys: ImageKeys,
+    timings: Mapping[str, Any],
+    created: str,
+) -> ImageSet:
+    """The PNG, HTML page and metadata of a generated image (settings: buckets and endpoint name)."""
+    notices = truncation_notices(
+        transcript_truncated=request.transcript_truncated,
+        prompt_truncated=image.prompt_truncated,
+        max_prompt_chars=request.max_prompt_chars,
+        prompt=request.prompt,
+    )
+    page = render_html(
+        source_key=request.source_key,
+        transcript=request.transcript.text,
+        prompt=request.prompt,
+        png=image.png,
+        parameters=image.parameters,
+        notices=notices,
+    )
+    metadata = metadata_document(
+        settings=settings,
+        source_key=request.source_key,
+        transcript=request.transcript,
+        transcript_location=request.transcript_location,
+        prompt=request.prompt,
+        transcript_truncated=request.transcript_truncated,
+        image=image,
+        notices=notices,
+        keys=keys,
+        timings={**request.timings, **timings, "endpoint": dict(image.timings)},
+        upload_id=request.upload_id,
+        created=created,
+    )
+    return ImageSet(
+        png=image.png, html=page, metadata=json.dumps(metadata, ensure_ascii=False, indent=2).encode("utf-8")
+    )
