@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from async_result.core import Dependencies as ResultDependencies
-from async_result.core import handle_notification
-from async_result.settings import Settings as ResultSettings
 from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 
+from async_result.core import Dependencies as ResultDependencies
+from async_result.core import handle_notification
+from async_result.settings import Settings as ResultSettings
 from invoke_sd.service import Dependencies, generate_image
 from invoke_sd.settings import Settings as InvokeSettings
 from pipeline_common.error_records import ResultStore

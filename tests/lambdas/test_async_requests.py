@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from async_result.core import NotificationError, parse_notification
 from async_result.failures import describe_failure, model_message
-
 from pipeline_common.async_requests import parse_input_location, staged_request, upload_digest
 from pipeline_common.keys import KeyMappingError
 from tests.lambdas.async_support import CLIENT_ERROR_REASON, MODEL_MESSAGE

@@ -6,9 +6,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from async_result.settings import Settings as AsyncResultSettings
 
 import infra.pipeline as pipeline
+from async_result.settings import Settings as AsyncResultSettings
 from infra.config import PipelineConfig
 from infra.pipeline import (
     ASYNC_REQUEST_PREFIX,
