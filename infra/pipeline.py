@@ -201,6 +201,9 @@ def handler_environment(
             | {
                 "TRANSCRIPT_BUCKET": buckets[BucketRole.TRANSCRIPTS],
                 "ASYNC_REQUEST_PREFIX": ASYNC_REQUEST_PREFIX,
+                # Only objects under these are read or removed, whatever a notification names.
+                "ASYNC_OUTPUT_PREFIX": ASYNC_OUTPUT_PREFIX,
+                "ASYNC_FAILURE_PREFIX": ASYNC_FAILURE_PREFIX,
             }
         )
     return (

@@ -163,9 +163,11 @@ def _commit(deps: Dependencies, entry: Entry, staged: StagedRequest, notificatio
     if status != COMPLETED:
         return _bad_response(deps, entry, f"the notification's invocationStatus is {status!r}", details)
     request = ImageRequest.from_json(_read(deps, staged.bucket, staged.context_key))
-    output = split_s3_uri(_field(notification, "responseParameters", "outputLocation"))
+    output = _location(notification, "outputLocation", settings.transcript_bucket, settings.async_output_prefix)
     if output is None:
-        return _bad_response(deps, entry, "the notification names no output object (outputLocation)", details)
+        return _bad_response(
+            deps, entry, "the notification names no output object where the endpoint writes (outputLocation)", details
+        )
     try:
         payload = _read(deps, *output)
     except Exception as error:
@@ -200,7 +202,8 @@ def _bad_response(deps: Dependencies, entry: Entry, reason: str, details: Mappin
 
 def _failure_body(deps: Dependencies, notification: Mapping[str, Any]) -> str | None:
     """The failure object's text (the model's error body), when the notification names one that can be read."""
-    location = split_s3_uri(_field(notification, "responseParameters", "failureLocation"))
+    settings = deps.settings
+    location = _location(notification, "failureLocation", settings.transcript_bucket, settings.async_failure_prefix)
     if location is None:
         return None
     try:
@@ -217,9 +220,24 @@ def _read(deps: Dependencies, bucket: str, key: str) -> bytes:
 
 
 def _clean_up(deps: Dependencies, staged: StagedRequest, notification: Mapping[str, Any]) -> None:
-    response = notification.get("responseParameters")
-    uris = [response.get(name) for name in ("outputLocation", "failureLocation")] if isinstance(response, dict) else []
-    remove_staged(deps.s3, staged, *[uri for uri in uris if isinstance(uri, str)])
+    settings = deps.settings
+    locations = [
+        _location(notification, "outputLocation", settings.transcript_bucket, settings.async_output_prefix),
+        _location(notification, "failureLocation", settings.transcript_bucket, settings.async_failure_prefix),
+    ]
+    remove_staged(deps.s3, staged, *[f"s3://{bucket}/{key}" for bucket, key in filter(None, locations)])
+
+
+def _location(notification: Mapping[str, Any], name: str, bucket: str, prefix: str) -> tuple[str, str] | None:
+    """`responseParameters[name]` as (bucket, key) when it lies where the endpoint writes, else None.
+
+    A notification is trusted to name only the endpoint's own objects: anything else is neither read nor deleted.
+    """
+    location = split_s3_uri(_field(notification, "responseParameters", name))
+    if location is not None and (location[0] != bucket or not location[1].startswith(prefix)):
+        logger.warning("notification names an object outside the endpoint's prefix; ignored", extra={"field": name})
+        return None
+    return location
 
 
 def _field(document: Mapping[str, Any], section: str, name: str) -> Any:

@@ -16,6 +16,8 @@ class Settings(CommonSettings):
     endpoint_name: str
     transcript_bucket: str
     async_request_prefix: str
+    async_output_prefix: str = "async/outputs/"
+    async_failure_prefix: str = "async/failures/"
     endpoint_mode: str = ASYNC
     # The requested parameters travel with each request; these only fill in for a response that omits them.
     image_parameters: Mapping[str, Any] = field(default_factory=dict)
@@ -27,4 +29,6 @@ class Settings(CommonSettings):
         return cls(
             **cls.common_from_env(environ),
             **{**endpoint_from_env(environ), "transcript_bucket": require(environ, "TRANSCRIPT_BUCKET")},
+            async_output_prefix=require(environ, "ASYNC_OUTPUT_PREFIX"),
+            async_failure_prefix=require(environ, "ASYNC_FAILURE_PREFIX"),
         )

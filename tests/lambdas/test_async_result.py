@@ -192,6 +192,25 @@ def test_nsfw_output_is_not_kept(async_result: Any, aws: Aws, lambda_context: An
     assert IMAGES["png"] not in aws.keys(OUTPUT_BUCKET)
 
 
+def test_objects_outside_the_endpoints_prefixes_are_neither_read_nor_deleted(
+    async_result: Any, aws: Aws, lambda_context: Any
+) -> None:
+    """A notification naming some other object (a mistake, or a forgery) cannot make this stage read or delete it."""
+    endpoint = FakeEndpoint(aws.s3)
+    queued(aws, endpoint)
+    (notification,) = endpoint.process()
+    aws.s3.put_object(Bucket=TRANSCRIPT_BUCKET, Key="transcripts/precious.json", Body=b'{"images": []}')
+    aws.s3.put_object(Bucket=OUTPUT_BUCKET, Key="images/other.mp3.png", Body=b"png")
+    notification["responseParameters"]["outputLocation"] = f"s3://{TRANSCRIPT_BUCKET}/transcripts/precious.json"
+    notification["responseParameters"]["failureLocation"] = f"s3://{OUTPUT_BUCKET}/images/other.mp3.png"
+
+    assert outcome_of(async_result, lambda_context, notification) == "rejected"
+    record = aws.read_json(OUTPUT_BUCKET, ERROR_KEY)
+    assert record["error"] == "bad-endpoint-response" and "where the endpoint writes" in record["reason"]
+    assert "transcripts/precious.json" in aws.keys(TRANSCRIPT_BUCKET)
+    assert "images/other.mp3.png" in aws.keys(OUTPUT_BUCKET)
+
+
 def test_a_request_of_another_application_is_ignored(async_result: Any, aws: Aws, lambda_context: Any) -> None:
     notification = completed("s3://someone-else/requests/1.json", "s3://someone-else/outputs/1.out")
     assert outcome_of(async_result, lambda_context, notification) == "foreign"
