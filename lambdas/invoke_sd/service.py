@@ -75,7 +75,8 @@ def generate_image(record: S3Record, deps: Dependencies) -> Result:
     # The transcripts bucket is versioned: read exactly the version this event is about.
     version = {"VersionId": record.version_id} if record.version_id else {}
     try:
-        data = deps.s3.get_object(Bucket=record.bucket, Key=record.key, **version)["Body"].read()
+        response = deps.s3.get_object(Bucket=record.bucket, Key=record.key, **version)
+        data, written_at = response["Body"].read(), response.get("LastModified")
     except Exception as error:
         if not (is_not_found(error) or error_code(error) == "NoSuchVersion"):
             raise
@@ -91,7 +92,7 @@ def generate_image(record: S3Record, deps: Dependencies) -> Result:
         problem = error
     job = problem.job_name if problem is not None else transcript.job_name if transcript else None
 
-    entry, skip = results.current_for_job(source_key, job, settings.job_name_prefix)
+    entry, skip = results.current_for_job(source_key, job, settings.job_name_prefix, written_at=written_at)
     if skip is not None or entry is None:
         logger.info("transcript is not for an unfinished current upload; skipped", extra={**context, "outcome": skip})
         return _done(deps, Result(source_key, skip or SUPERSEDED))

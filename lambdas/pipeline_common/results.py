@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline_common.aws_errors import is_throttling
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 COMMITTED = "committed"
 SUPERSEDED = "superseded"
 DUPLICATE = "duplicate"
+UNATTRIBUTABLE = "unattributable"
 # Writes of a result take well under a second; a held lock is waited for this long before the event is
 # retried later (a transient failure): the holder is a writer of an older upload finishing or undoing.
 LOCK_WAIT_S = 5.0
@@ -94,18 +96,29 @@ class Results:
             remaining_s=remaining_seconds(context),
         )
 
-    def current_for_job(self, key: str, job: str | None, prefix: str) -> tuple[Entry | None, str | None]:
+    def current_for_job(
+        self, key: str, job: str | None, prefix: str, *, written_at: datetime | None = None
+    ) -> tuple[Entry | None, str | None]:
         """The key's entry, and None when `job` belongs to its current upload, which has no result yet.
 
         Otherwise the reason to skip: `superseded` (another upload is current, or the ledger never saw this
-        one) or `duplicate` (the upload has its result). A `job` of None (a transcript too damaged to name
-        its job) is taken as the current upload's when that upload is waiting for its transcript.
+        one), `duplicate` (the upload has its result) or `unattributable`. A `job` of None (a transcript too
+        damaged to name its job) is the current upload's only if that upload waits for its transcript and the
+        transcript was written (`written_at`) after the upload was received: an older upload's damaged
+        transcript must not fail the newer upload.
         """
         entry = self.ledger.get(key)
         if entry is None:
             return None, SUPERSEDED
-        current = entry.stage == TRANSCRIBING if job is None else job_name(key, entry.upload_id, prefix) == job
-        if not current:
+        if job is None:
+            # S3 times objects to the second: a transcript of the same second as the upload may be its own.
+            received = _parse_time(entry.received_at).replace(microsecond=0)
+            if entry.stage != TRANSCRIBING or written_at is None or written_at < received:
+                logger.error(
+                    "a transcript that names no job cannot be matched to the upload; skipped", extra={"key": key}
+                )
+                return entry, UNATTRIBUTABLE
+        elif job_name(key, entry.upload_id, prefix) != job:
             return entry, SUPERSEDED
         if entry.final:
             return entry, DUPLICATE
@@ -303,6 +316,14 @@ class Results:
         except Exception:
             # The lock runs out on its own; the original failure matters more.
             logger.exception("writer lock could not be released", extra={"key": key})
+
+
+def _parse_time(iso: str) -> datetime:
+    """A ledger time (ISO-8601 UTC with a Z) as an aware datetime; the epoch when it cannot be read."""
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.fromtimestamp(0, UTC)
 
 
 def _upload_of(entry: Entry | None) -> str | None:

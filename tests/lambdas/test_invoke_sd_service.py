@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from botocore.stub import Stubber
 from invoke_sd.endpoint import EndpointFailure
 from pipeline_common.batch import RecordsFailedError
 from pipeline_common.error_records import utc_now
+from pipeline_common.ledger import TRANSCRIBING
 from tests.lambdas.invoke_sd_support import (
     ENDPOINT,
     ERROR_KEY,
@@ -156,8 +158,19 @@ def test_transcript_too_damaged_to_name_its_job_is_the_waiting_upload_s(aws: Aws
     assert (record["stage"], record["error"]) == ("transcript", "transcript-unreadable")
     assert record["details"]["transcript"]["key"] == TRANSCRIPT_KEY
     # Once the upload has its result, a damaged transcript cannot be matched to it and changes nothing.
-    assert outcome(run(aws, NoEndpoint(), event)) == "superseded"
+    assert outcome(run(aws, NoEndpoint(), event)) == "unattributable"
     assert aws.keys(OUTPUT_BUCKET) == [ERROR_KEY]
+
+
+def test_an_older_uploads_damaged_transcript_never_fails_the_newer_upload(aws: Aws) -> None:
+    """A's nameless transcript, written before B was uploaded, arrives while B waits: B is untouched."""
+    older = put_transcript(aws, b"{ not json")
+    time.sleep(1.1)  # S3 times objects to the second: B is received in a later second than A's transcript
+    transcribing(aws)
+
+    assert outcome(run(aws, NoEndpoint(), older)) == "unattributable"
+    assert aws.keys(OUTPUT_BUCKET) == []
+    assert ledger(aws).get(SOURCE_KEY).stage == TRANSCRIBING
 
 
 def test_low_confidence_transcript_is_no_speech(aws: Aws) -> None:
