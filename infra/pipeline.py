@@ -42,6 +42,29 @@ ASYNC_REQUEST_PREFIX = "async/requests/"
 ASYNC_OUTPUT_PREFIX = "async/outputs/"
 ASYNC_FAILURE_PREFIX = "async/failures/"
 ASYNC_OBJECT_RETENTION_DAYS = 2
+
+
+def ledger_table_schema() -> dict[str, Any]:
+    """The ledger's keys and index as DynamoDB's CreateTable takes them (local mode and tests create it so)."""
+    return {
+        "AttributeDefinitions": [
+            {"AttributeName": name, "AttributeType": "S"}
+            for name in (LEDGER_PARTITION_KEY, LEDGER_PENDING, LEDGER_UPDATED_AT)
+        ],
+        "KeySchema": [{"AttributeName": LEDGER_PARTITION_KEY, "KeyType": "HASH"}],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": LEDGER_PENDING_INDEX,
+                "KeySchema": [
+                    {"AttributeName": LEDGER_PENDING, "KeyType": "HASH"},
+                    {"AttributeName": LEDGER_UPDATED_AT, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    }
+
+
 # The sweeper runs this often and gives every upload stuck past `stuck_after_minutes` an error record.
 SWEEP_INTERVAL_MINUTES = 10
 

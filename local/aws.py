@@ -29,10 +29,6 @@ from botocore.config import Config
 from infra.config import PipelineConfig
 from infra.pipeline import (
     ASYNC_RESULT_QUEUE,
-    LEDGER_PARTITION_KEY,
-    LEDGER_PENDING,
-    LEDGER_PENDING_INDEX,
-    LEDGER_UPDATED_AT,
     VERSIONED_BUCKETS,
     BucketRole,
     EventRoute,
@@ -40,6 +36,7 @@ from infra.pipeline import (
     QueueSettings,
     Route,
     event_routes,
+    ledger_table_schema,
     routes,
 )
 from local.faults import Faults
@@ -376,22 +373,4 @@ class EmbeddedAws:
 
 def create_ledger_table(dynamodb: Any, table: str) -> None:
     """The upload ledger as InfraStack defines it: the key, and the sparse index of in-flight uploads by age."""
-    dynamodb.create_table(
-        TableName=table,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": name, "AttributeType": "S"}
-            for name in (LEDGER_PARTITION_KEY, LEDGER_PENDING, LEDGER_UPDATED_AT)
-        ],
-        KeySchema=[{"AttributeName": LEDGER_PARTITION_KEY, "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": LEDGER_PENDING_INDEX,
-                "KeySchema": [
-                    {"AttributeName": LEDGER_PENDING, "KeyType": "HASH"},
-                    {"AttributeName": LEDGER_UPDATED_AT, "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
+    dynamodb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **ledger_table_schema())

@@ -149,27 +149,9 @@ class FakeLambdaContext:
 
 def create_ledger_table(dynamodb: Any, table: str = LEDGER_TABLE) -> None:
     """The ledger table as InfraStack defines it (key schema and the pending index), in moto."""
-    from infra.pipeline import LEDGER_PARTITION_KEY, LEDGER_PENDING, LEDGER_PENDING_INDEX, LEDGER_UPDATED_AT
+    from infra.pipeline import ledger_table_schema
 
-    dynamodb.create_table(
-        TableName=table,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": name, "AttributeType": "S"}
-            for name in (LEDGER_PARTITION_KEY, LEDGER_PENDING, LEDGER_UPDATED_AT)
-        ],
-        KeySchema=[{"AttributeName": LEDGER_PARTITION_KEY, "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": LEDGER_PENDING_INDEX,
-                "KeySchema": [
-                    {"AttributeName": LEDGER_PENDING, "KeyType": "HASH"},
-                    {"AttributeName": LEDGER_UPDATED_AT, "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
+    dynamodb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **ledger_table_schema())
 
 
 @dataclass(frozen=True)
