@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
@@ -98,18 +99,37 @@ def _set_environment(monkeypatch: pytest.MonkeyPatch, handler: Handler, config: 
     return environment
 
 
+@contextmanager
+def _wired(
+    module: Any, monkeypatch: pytest.MonkeyPatch, handler: Handler, config: PipelineConfig, **clients: Any
+) -> Iterator[Any]:
+    """A handler module with infra's environment for `config` and the given clients; reset afterwards."""
+    _set_environment(monkeypatch, handler, config)
+    module.SETTINGS.reset()
+    module.CLIENTS.clear()
+    module.CLIENTS.inject(**clients)
+    try:
+        yield module
+    finally:
+        module.SETTINGS.reset()
+        module.CLIENTS.clear()
+
+
 @pytest.fixture
 def trigger(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The transcribe_trigger handler module with infra's environment and the moto clients."""
     from transcribe_trigger import handler
 
-    _set_environment(monkeypatch, Handler.TRANSCRIBE_TRIGGER, PipelineConfig())
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
-    handler.CLIENTS.inject(s3=aws.s3, transcribe=aws.transcribe, dynamodb=aws.dynamodb)
-    yield handler
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
+    with _wired(
+        handler,
+        monkeypatch,
+        Handler.TRANSCRIBE_TRIGGER,
+        PipelineConfig(),
+        s3=aws.s3,
+        transcribe=aws.transcribe,
+        dynamodb=aws.dynamodb,
+    ) as wired:
+        yield wired
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +159,16 @@ def invoke(aws: Aws, sagemaker: tuple[Any, Stubber], monkeypatch: pytest.MonkeyP
     """The invoke_sd handler module with a real-time endpoint's environment, moto S3 and the stubbed endpoint client."""
     from invoke_sd import handler
 
-    _set_environment(monkeypatch, Handler.INVOKE_SD, PipelineConfig(endpoint_mode="realtime"))
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
-    handler.CLIENTS.inject(s3=aws.s3, sagemaker_runtime=sagemaker[0], dynamodb=aws.dynamodb)
-    yield handler
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
+    with _wired(
+        handler,
+        monkeypatch,
+        Handler.INVOKE_SD,
+        PipelineConfig(endpoint_mode="realtime"),
+        s3=aws.s3,
+        sagemaker_runtime=sagemaker[0],
+        dynamodb=aws.dynamodb,
+    ) as wired:
+        yield wired
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +189,16 @@ def failed(aws: Aws, transcribe_stub: tuple[Any, Stubber], monkeypatch: pytest.M
     """The transcribe_failed handler module with infra's environment, moto S3 and the stubbed Transcribe client."""
     from transcribe_failed import handler
 
-    _set_environment(monkeypatch, Handler.TRANSCRIBE_FAILED, PipelineConfig())
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
-    handler.CLIENTS.inject(s3=aws.s3, transcribe=transcribe_stub[0], dynamodb=aws.dynamodb)
-    yield handler
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
+    with _wired(
+        handler,
+        monkeypatch,
+        Handler.TRANSCRIBE_FAILED,
+        PipelineConfig(),
+        s3=aws.s3,
+        transcribe=transcribe_stub[0],
+        dynamodb=aws.dynamodb,
+    ) as wired:
+        yield wired
 
 
 @pytest.fixture
@@ -180,13 +206,8 @@ def sweeper(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The sweeper handler module with infra's environment and the moto clients."""
     from sweeper import handler
 
-    _set_environment(monkeypatch, Handler.SWEEPER, PipelineConfig())
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
-    handler.CLIENTS.inject(s3=aws.s3, dynamodb=aws.dynamodb)
-    yield handler
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
+    with _wired(handler, monkeypatch, Handler.SWEEPER, PipelineConfig(), s3=aws.s3, dynamodb=aws.dynamodb) as wired:
+        yield wired
 
 
 @pytest.fixture
@@ -194,13 +215,15 @@ def async_result(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The async_result handler module with infra's (asynchronous) environment and the moto clients."""
     from async_result import handler
 
-    _set_environment(monkeypatch, Handler.ASYNC_RESULT, PipelineConfig(endpoint_mode="async"))
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
-    handler.CLIENTS.inject(s3=aws.s3, dynamodb=aws.dynamodb)
-    yield handler
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
+    with _wired(
+        handler,
+        monkeypatch,
+        Handler.ASYNC_RESULT,
+        PipelineConfig(endpoint_mode="async"),
+        s3=aws.s3,
+        dynamodb=aws.dynamodb,
+    ) as wired:
+        yield wired
 
 
 @pytest.fixture
@@ -209,10 +232,13 @@ def invoke_async(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from invoke_sd import handler
     from tests.lambdas.race_support import FakeEndpoint
 
-    _set_environment(monkeypatch, Handler.INVOKE_SD, PipelineConfig(endpoint_mode="async"))
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
-    handler.CLIENTS.inject(s3=aws.s3, sagemaker_runtime=FakeEndpoint(aws.s3), dynamodb=aws.dynamodb)
-    yield handler
-    handler.SETTINGS.reset()
-    handler.CLIENTS.clear()
+    with _wired(
+        handler,
+        monkeypatch,
+        Handler.INVOKE_SD,
+        PipelineConfig(endpoint_mode="async"),
+        s3=aws.s3,
+        sagemaker_runtime=FakeEndpoint(aws.s3),
+        dynamodb=aws.dynamodb,
+    ) as wired:
+        yield wired
