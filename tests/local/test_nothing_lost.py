@@ -9,53 +9,46 @@ dead-letter queue unless the test expects it there (and then replays it). Perman
 error records at once; transient ones go back to the queue and, after the queue's maxReceiveCount, to
 the dead-letter queue. Error records name the invocation (`request_id`) and never carry raw exception text.
 
-The runtime runs once per endpoint mode: async (the default, with its own faults: a Failed notification, a
-duplicate or test notification, a superseded upload, a missing or malformed output, an expired request) and
-realtime. Tests marked `modes(...)` run only where their fault exists; the speech-side tests run in async only.
+The runtime runs once per endpoint mode, async (the default) and realtime; the async endpoint's own faults
+are in test_async_faults.py. Tests marked `modes(...)` run only where their fault exists; the speech-side
+tests run in async only.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from infra.pipeline import ASYNC_RESULT_QUEUE, ERROR_PREFIX, IMAGE_PREFIX, JOB_NAME_PREFIX, BucketRole, Handler, routes
-from local.runtime import LocalRuntime, UploadResult, load_config, local_config, tiny_model
+from infra.pipeline import IMAGE_PREFIX, JOB_NAME_PREFIX, BucketRole, Handler
+from local.runtime import LocalRuntime
 from local.wer import word_error_rate
 from pipeline_common.keys import job_name
+from tests.local.nothing_lost_support import (
+    MAX_MEDIA_MB,
+    SPEECH,
+    UNDECODABLE,
+    assert_error,
+    assert_image,
+    max_receive_count,
+    outcomes,
+    restore,
+    result_stage,
+    run_one,
+    started_runtime,
+)
 from tests.local.runtime_support import AUDIO, MANIFEST
 
 pytestmark = pytest.mark.slow
-
-IMAGE_SIZE = 64
-STEPS = 2
-# Small enough to test the size limit with a 1.2 MB file; every fixture is far below it.
-MAX_MEDIA_MB = 1
-SPEECH = AUDIO / "red-apple.mp3"
-# An ID3 header passes transcribe_trigger's container sniffing; the decoder then finds no audio.
-UNDECODABLE = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 8
 
 
 @pytest.fixture(scope="module", params=["async", "realtime"])
 def runtime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
     """The whole local pipeline with the real handlers, started once per endpoint mode."""
-    model = tiny_model()
-    config = replace(
-        local_config(load_config(), model, size=IMAGE_SIZE, steps=STEPS),
-        max_media_mb=MAX_MEDIA_MB,
-        endpoint_mode=request.param,
-    )
-    runtime = LocalRuntime(config, model, log_dir=tmp_path_factory.mktemp("logs"), sweep_interval_s=None)
-    runtime.start()
-    yield runtime
-    runtime.stop()
+    yield from started_runtime(request.param, tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
@@ -65,80 +58,7 @@ def _no_faults_left(request: pytest.FixtureRequest, runtime: LocalRuntime) -> It
     if marker is not None and runtime.config.endpoint_mode not in marker.args:
         pytest.skip(f"only with the {' or '.join(marker.args)} endpoint")
     yield
-    runtime.faults.clear()
-    if runtime.endpoint.async_endpoint is not None:
-        runtime.endpoint.async_endpoint.release()
-    runtime.endpoint.limit_s = 60.0
-    runtime.wait_until_idle(timeout_s=120)
-    for handler in Handler:
-        runtime.replay_dead_letters(handler)  # drain whatever a failing test left
-    runtime.wait_until_idle(timeout_s=120)
-
-
-def results_for(runtime: LocalRuntime, key: str) -> dict[str, bool]:
-    """Which final results the output bucket holds for an upload."""
-    s3 = runtime.aws.client("s3")
-    bucket = runtime.bucket_names[BucketRole.OUTPUT]
-    stored = {
-        item["Key"]
-        for prefix in (f"{IMAGE_PREFIX}{key}", f"{ERROR_PREFIX}{key}")
-        for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-    }
-    return {
-        "image": {f"{IMAGE_PREFIX}{key}{suffix}" for suffix in (".png", ".json", ".html")} <= stored,
-        "any_image_part": any(k.startswith(f"{IMAGE_PREFIX}{key}.") for k in stored),
-        "error": f"{ERROR_PREFIX}{key}.json" in stored,
-    }
-
-
-def run_one(runtime: LocalRuntime, path: Path | bytes, key: str, tmp_path: Path) -> UploadResult:
-    """Upload one recording (a file, or bytes) under `key`, wait for the pipeline to settle, collect it."""
-    if isinstance(path, bytes):
-        file = tmp_path / "upload.bin"
-        file.write_bytes(path)
-        path = file
-    runtime.upload(path, key=key)
-    assert runtime.wait_until_idle(timeout_s=300), "the pipeline did not settle"
-    return runtime.collect(key)
-
-
-def assert_image(runtime: LocalRuntime, result: UploadResult) -> None:
-    """Exactly one final result, and it is the image set."""
-    assert result.status == "image", result.error
-    assert results_for(runtime, result.key) == {"image": True, "any_image_part": True, "error": False}
-
-
-def assert_error(runtime: LocalRuntime, result: UploadResult, stage: str, code: str) -> dict[str, Any]:
-    """Exactly one final result, and it is an error record the handlers wrote, with a reason and an action."""
-    assert result.status == "error"
-    assert result.error_origin == "output bucket", f"no handler recorded it: {result.error}"
-    assert results_for(runtime, result.key) == {"image": False, "any_image_part": False, "error": True}
-    error = result.error or {}
-    assert (error["stage"], error["error"]) == (stage, code), error
-    assert error["reason"] and error["action"]
-    assert error["source"]["bucket"] == runtime.bucket_names[BucketRole.INPUT]
-    assert error["source"]["key"] == result.key
-    assert error.get("request_id"), "the record names the invocation that wrote it"
-    assert "Traceback" not in json.dumps(error)
-    return error
-
-
-def max_receive_count(runtime: LocalRuntime, handler: Handler) -> int:
-    """How often the handler's queue delivers a message before SQS moves it to the dead-letter queue."""
-    if handler is Handler.ASYNC_RESULT:
-        return ASYNC_RESULT_QUEUE.max_receive_count
-    return next(route.queue.max_receive_count for route in routes(runtime.config) if route.handler is handler)
-
-
-def result_stage(runtime: LocalRuntime) -> Handler:
-    """The handler that writes an upload's image: invoke_sd (real-time), async_result (async)."""
-    return Handler.ASYNC_RESULT if runtime.config.is_async else Handler.INVOKE_SD
-
-
-def outcomes(result_or_trace: Any, handler: Handler) -> list[str]:
-    """Every per-record outcome a handler reported for an upload, in order."""
-    trace = result_or_trace
-    return [outcome for item in trace.invocations_of(handler.value) for outcome in item.outcomes]
+    restore(runtime)
 
 
 # -- 4. faults ------------------------------------------------------------------------------------
@@ -336,119 +256,6 @@ def test_a_late_failure_of_an_older_job_does_not_replace_a_newer_image(runtime: 
 
     assert outcomes(runtime.traces.get(key), Handler.TRANSCRIBE_FAILED)[-1] == "superseded"
     assert_image(runtime, runtime.collect(key))
-
-
-# -- 4b. the asynchronous endpoint's own faults ------------------------------------------------------
-
-
-def wait_for_backlog(runtime: LocalRuntime, count: int, timeout_s: float = 120) -> None:
-    """Wait until `count` requests wait in the (held) async endpoint's queue."""
-    assert runtime.endpoint.async_endpoint is not None
-    deadline = time.monotonic() + timeout_s
-    while runtime.endpoint.async_endpoint.backlog < count:
-        assert time.monotonic() < deadline, f"{count} request(s) never reached the endpoint's queue"
-        time.sleep(0.05)
-
-
-@pytest.mark.modes("async")
-def test_a_failed_notification_ends_as_the_models_rejection(runtime: LocalRuntime, tmp_path: Path) -> None:
-    fault = runtime.faults.inject("async", "error", status=400)
-
-    result = run_one(runtime, SPEECH, "async/rejected.mp3", tmp_path)
-
-    assert fault.fired == 1
-    error = assert_error(runtime, result, "generate", "endpoint-rejected")
-    assert "fault injected by local mode" in error["reason"], "the model's own words, unwrapped"
-    assert "imageParameters" in error["action"]
-    assert outcomes(runtime.traces.get(result.key), Handler.ASYNC_RESULT) == ["rejected"]
-    assert runtime.dead_letters(Handler.ASYNC_RESULT) == 0
-
-
-@pytest.mark.modes("async")
-def test_a_duplicate_notification_changes_nothing(runtime: LocalRuntime, tmp_path: Path) -> None:
-    runtime.faults.inject("async", "duplicate-notification")
-
-    result = run_one(runtime, SPEECH, "async/twice notified.mp3", tmp_path)
-
-    assert_image(runtime, result)
-    trace = runtime.traces.get(result.key)
-    assert sorted(outcomes(trace, Handler.ASYNC_RESULT)) == ["duplicate", "generated"]
-    assert len(trace.endpoint_calls) == 1
-    assert runtime.dead_letters(Handler.ASYNC_RESULT) == 0
-
-
-@pytest.mark.modes("async")
-def test_a_notification_for_a_superseded_upload_writes_nothing(runtime: LocalRuntime, tmp_path: Path) -> None:
-    key = "async/uploaded again while waiting.mp3"
-    assert runtime.endpoint.async_endpoint is not None
-    runtime.endpoint.async_endpoint.hold()  # the GPU is busy: requests wait in the endpoint's queue
-    runtime.upload(SPEECH, key=key)
-    wait_for_backlog(runtime, 1)
-    runtime.upload(AUDIO / "castle at sunset.mp3", key=key)
-    wait_for_backlog(runtime, 2)
-    runtime.endpoint.async_endpoint.release()
-    assert runtime.wait_until_idle(timeout_s=300)
-
-    result = runtime.collect(key)
-    assert_image(runtime, result)
-    assert "castle" in (result.transcript or ""), "the newer upload's image, whichever notification came first"
-    trace = runtime.traces.get(key)
-    assert sorted(outcomes(trace, Handler.ASYNC_RESULT)) == ["generated", "superseded"]
-    assert len(trace.endpoint_calls) == 2, "SageMaker ran both requests: only the current one became the result"
-
-
-@pytest.mark.modes("async")
-@pytest.mark.parametrize("kind", ["missing-output", "malformed-output"])
-def test_a_bad_output_object_ends_as_an_error_record(runtime: LocalRuntime, tmp_path: Path, kind: str) -> None:
-    runtime.faults.inject("async", kind)
-
-    result = run_one(runtime, SPEECH, f"async/{kind}.mp3", tmp_path)
-
-    error = assert_error(runtime, result, "generate", "bad-endpoint-response")
-    if kind == "missing-output":
-        assert "does not exist" in error["reason"]
-    assert runtime.dead_letters(Handler.ASYNC_RESULT) == 0, "a bad output is recorded, not retried"
-
-
-@pytest.mark.modes("async")
-def test_a_test_notification_is_ignored(runtime: LocalRuntime, tmp_path: Path) -> None:
-    fault = runtime.faults.inject("async", "test-notification")
-
-    result = run_one(runtime, SPEECH, "async/after a test notification.mp3", tmp_path)
-
-    assert fault.fired == 1
-    assert_image(runtime, result)
-    assert runtime.dead_letters(Handler.ASYNC_RESULT) == 0, "the test message was handled, not retried"
-
-
-@pytest.mark.modes("async")
-def test_a_request_that_outlives_its_ttl_with_a_failed_notification_is_an_error(
-    runtime: LocalRuntime, tmp_path: Path
-) -> None:
-    runtime.faults.inject("async", "expire", notify=True)
-
-    result = run_one(runtime, SPEECH, "async/expired notified.mp3", tmp_path)
-
-    error = assert_error(runtime, result, "generate", "endpoint-error")
-    assert "expired" in error["reason"]
-    assert "requestTtlMinutes" in error["action"]
-    assert not runtime.traces.get(result.key).endpoint_calls, "an expired request never runs"
-
-
-@pytest.mark.modes("async")
-def test_a_request_that_expires_silently_waits_for_the_sweeper(runtime: LocalRuntime, tmp_path: Path) -> None:
-    key = "async/expired silently.mp3"
-    runtime.faults.inject("async", "expire", notify=False)
-
-    result = run_one(runtime, SPEECH, key, tmp_path)
-
-    # No notification: nothing is written, and the ledger holds the upload in "waiting" for the sweeper,
-    # which records it as stuck after STUCK_AFTER_MINUTES (tests/lambdas covers that record).
-    assert results_for(runtime, key) == {"image": False, "any_image_part": False, "error": False}
-    assert result.error_origin == "local mode"
-    item = runtime.ledger_item(key) or {}
-    assert item.get("stage", {}).get("S") == "waiting", item
-    assert runtime.dead_letters(Handler.ASYNC_RESULT) == 0
 
 
 # -- 5. bad input ---------------------------------------------------------------------------------
