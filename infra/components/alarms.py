@@ -31,14 +31,16 @@ class AlarmTopic(Construct):
             enable_key_rotation=True,
             removal_policy=RemovalPolicy.DESTROY if config.destroy_on_removal else RemovalPolicy.RETAIN,
         )
-        # CloudWatch encrypts each notification itself, so it needs the key; only for this account's alarms.
+        # CloudWatch encrypts each notification itself, so it needs the key. This is AWS's documented statement
+        # exactly, with NO condition: kms:CallerAccount/kms:ViaService break delivery and an aws:SourceAccount
+        # condition here is undocumented; the topic policy below carries the documented source conditions.
+        # (docs/DEPLOY-CHECKLIST.md, "Alarm topic key")
         self.key.add_to_resource_policy(
             iam.PolicyStatement(
                 sid="AllowCloudWatchAlarmsToPublishToTheEncryptedTopic",
                 principals=[iam.ServicePrincipal(CLOUDWATCH)],
                 actions=["kms:Decrypt", "kms:GenerateDataKey*"],
                 resources=["*"],  # in a key policy, "*" is this key
-                conditions={"StringEquals": {"aws:SourceAccount": stack.account}},
             )
         )
         self.topic = sns.Topic(

@@ -98,11 +98,15 @@ class StableDiffusionEndpoint(Construct):
             ),
             repository_name=DLC_REPOSITORY,
         ).grant_pull(self.role)
+        # Part of AWS's documented execution-role set for hosting (docs/DEPLOY-CHECKLIST.md): the container may
+        # publish metrics. PutMetricData supports no resource-level permissions.
+        self.role.add_to_principal_policy(iam.PolicyStatement(actions=["cloudwatch:PutMetricData"], resources=["*"]))
         acknowledge(
             self.role,
             "AwsSolutions-IAM5[Resource::*]",
-            "Only ecr:GetAuthorizationToken is granted on '*': the action supports no resource-level "
-            "permissions (AWS Service Authorization Reference). Image pulls are limited to the DLC repository's ARN.",
+            "Only ecr:GetAuthorizationToken and cloudwatch:PutMetricData are granted on '*': neither action supports "
+            "resource-level permissions (AWS Service Authorization Reference), and both are in AWS's documented "
+            "SageMaker execution-role set. Image pulls are limited to the DLC repository's ARN.",
         )
         # SageMaker writes endpoint logs to this fixed group; owning it sets the retention.
         # Always destroyed with the stack, so the endpoint can be redeployed alone later.
@@ -114,6 +118,11 @@ class StableDiffusionEndpoint(Construct):
             removal_policy=RemovalPolicy.DESTROY,
         )
         self.log_group.grant_write(self.role)
+        # The rest of the documented logs set, on this group only (it exists before the endpoint does).
+        for action in ("logs:CreateLogGroup", "logs:DescribeLogStreams"):
+            self.role.add_to_principal_policy(
+                iam.PolicyStatement(actions=[action], resources=[self.log_group.log_group_arn])
+            )
         if async_inference is not None:
             self._allow_async(async_inference)
         policy = self.role.node.find_child("DefaultPolicy")

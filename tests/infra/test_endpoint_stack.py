@@ -121,6 +121,10 @@ def realtime_role_statements(synth: Synth) -> set[tuple[str, str]]:
         ("ecr:GetAuthorizationToken", "*"),
         ("logs:CreateLogStream", log_group),
         ("logs:PutLogEvents", log_group),
+        ("logs:CreateLogGroup", log_group),
+        ("logs:DescribeLogStreams", log_group),
+        # AWS's documented execution-role set (docs/DEPLOY-CHECKLIST.md); the action takes no resource ARN.
+        ("cloudwatch:PutMetricData", "*"),
     }
 
 
