@@ -53,9 +53,14 @@ class AsyncInference:
         return f"{self.bucket_arn}/{prefix}*"
 
 
+def dlc_account_for(region: str) -> str | None:
+    """AWS's DLC account for a region from the CDK's region table, or None where it knows none (`ops.preflight`)."""
+    return Fact.find(region, FactName.DLC_REPOSITORY_ACCOUNT)
+
+
 def dlc_account(stack: Stack) -> str:
     """AWS's account that publishes the Deep Learning Containers in the stack's region."""
-    if not Token.is_unresolved(stack.region) and Fact.find(stack.region, FactName.DLC_REPOSITORY_ACCOUNT) is None:
+    if not Token.is_unresolved(stack.region) and dlc_account_for(stack.region) is None:
         raise ConfigError(
             f"region {stack.region!r}: the CDK knows no Deep Learning Containers account there; deploy to another "
             "region (-c region=...) or register it with aws_cdk.region_info.Fact.register in infra/app.py"
