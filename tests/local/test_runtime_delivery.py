@@ -251,3 +251,16 @@ def test_transcribe_failed_keeps_asynchronous_retries_and_its_on_failure_record(
     runtime.replay_dead_letters(handler)
     assert runtime.wait_until_idle(60)
     assert runtime.dead_letters(handler) == before + 1, "replayed, failed again, recorded again"
+
+
+def test_transcribes_write_probe_object_reaches_no_handler(runtime: LocalRuntime) -> None:
+    # Amazon Transcribe writes this object under the output prefix to test its access; it fires ObjectCreated.
+    # The transcript route's `.json` filter (infra/pipeline.py, shared with InfraStack) must drop it.
+    s3 = runtime.aws.client("s3")
+    bucket = runtime.bucket_names[BucketRole.TRANSCRIPTS]
+    probe, control = "transcripts/.write_access_check_file.temp", "transcripts/probe-filter-control.json"
+    s3.put_object(Bucket=bucket, Key=probe, Body=b"")
+    s3.put_object(Bucket=bucket, Key=control, Body=b"{}")
+    assert runtime.wait_until_idle(60)
+    assert events_for(runtime, Handler.INVOKE_SD, probe) == []
+    assert events_for(runtime, Handler.INVOKE_SD, control), "the same bucket and prefix still deliver transcripts"
