@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 SAMPLE ?= examples/astronaut-riding-a-horse.mp3
 
-.PHONY: help setup demo test lint format pytest synth cfn-lint bench load bootstrap deploy-infra upload-model deploy-endpoint destroy-endpoint replay destroy clean
+.PHONY: help setup demo test lint format pytest synth cfn-lint bench load bootstrap deploy-infra upload-model deploy-endpoint destroy-endpoint replay destroy clean preflight checkov
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,7 +34,7 @@ setup: $(BIN)/.installed node_modules/.installed ## Install Python and Node depe
 demo: setup ## Run the whole pipeline locally on the bundled sample recording
 	$(BIN)/python -m local run $(SAMPLE)
 
-test: setup lint pytest synth cfn-lint ## Lint, unit + integration tests, CDK synth and cfn-lint
+test: setup lint pytest synth cfn-lint checkov ## Lint, unit + integration tests, CDK synth, cfn-lint and checkov
 
 lint: setup ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -62,6 +62,25 @@ bench: setup ## Benchmarks (print numbers; not tests)
 
 load: setup ## Load test: 100 uploads, good and bad mixed, into local mode at once (prints a report)
 	$(BIN)/python benchmarks/load_local.py
+
+preflight: setup ## Before deploying: check credentials, bootstrap, quotas, model archive (read-only; PREFLIGHT_ARGS="-c key=value")
+	$(BIN)/python -m ops.preflight $(PREFLIGHT_ARGS)
+
+# checkov pins many packages of its own: it lives in its own venv, never in .venv.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
+CHECKOV_FLAGS := --framework cloudformation --compact --quiet --skip-download -o json
+
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
+
+checkov: synth $(CHECKOV_VENV)/bin/checkov ## checkov on both modes' templates; fails on a finding docs/DEPLOY-CHECKLIST.md does not accept
+	@mkdir -p out/checkov
+	@# checkov exits 1 whenever a check fails; the gate below decides.
+	$(CHECKOV_VENV)/bin/checkov -d cdk.out $(CHECKOV_FLAGS) > out/checkov/async.json || true
+	$(CHECKOV_VENV)/bin/checkov -d cdk.out.realtime $(CHECKOV_FLAGS) > out/checkov/realtime.json || true
+	$(BIN)/python -m ops.checkov_gate out/checkov/async.json out/checkov/realtime.json
 
 bootstrap: setup ## Prepare the account/region for CDK deployments (once; needs AWS credentials)
 	npx cdk bootstrap
