@@ -3,11 +3,15 @@ fails with the fix in plain words (docs/DEPLOY-CHECKLIST.md names these tests)."
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
+from pathlib import Path
 
+import boto3
 import pytest
 
 from infra.config import PipelineConfig
+from ops.preflight import report, run_checks
 from ops.preflight_checks import Status
 from tests.ops.preflight_support import ACCOUNT, MODEL_BUCKET, SAGEMAKER_QUOTA_CODE, TRANSCRIBE_QUOTA_CODE, Account
 from tests.ops.preflight_support import stubbed as preflight
@@ -109,11 +113,7 @@ def test_a_region_without_the_powertools_layer_fails() -> None:
         assert run.by_name("Powertools layer").status is Status.FAIL
 
 
-def test_no_credentials_fails_and_skips_the_account_checks(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    import boto3
-
-    from ops.preflight import report, run_checks
-
+def test_no_credentials_fails_and_skips_the_account_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # A session that can find no credentials anywhere: not in the environment, files, or instance metadata.
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -129,8 +129,6 @@ def test_no_credentials_fails_and_skips_the_account_checks(monkeypatch: pytest.M
     assert statuses["Deep Learning Container"] is Status.OK, "needs no account"
     assert statuses["CDK bootstrap"] is Status.SKIPPED
     assert statuses["SageMaker endpoint quota"] is Status.SKIPPED
-    import io
-
     out = io.StringIO()
     assert report(results, out) == 1
     assert "no AWS credentials found" in out.getvalue()
@@ -138,8 +136,6 @@ def test_no_credentials_fails_and_skips_the_account_checks(monkeypatch: pytest.M
 
 
 def test_no_region_fails_with_how_to_set_one() -> None:
-    from ops.preflight import run_checks
-
     (result,) = run_checks(CONFIG, None, lambda service: None)
     assert (result.name, result.status) == ("Region", Status.FAIL)
     assert "AWS_REGION" in (result.fix or "")
