@@ -77,7 +77,7 @@ def test_extracted_archive_serves_the_same_images(archive, endpoint, tmp_path):
     with ToolkitEndpoint(tmp_path / "opt-ml-model") as packaged:
         assert packaged.serving_dir == (tmp_path / "opt-ml-model").resolve()  # its own code/ is used as is
         response = generate(packaged, seed=7)
-    assert response["model"] == {"name": "tiny-sd"}
+    assert response["model"] == {"name": "tiny-sd", "family": "sd1"}
     assert np.abs(pixels(response) - pixels(generate(endpoint, seed=7))).max() <= 1
 
 
