@@ -81,7 +81,8 @@ class ToolkitEndpoint:
         from sagemaker_huggingface_inference_toolkit.handler_service import HuggingFaceHandlerService
 
         model_dir = Path(model_dir).resolve()
-        if not (model_dir / "model_index.json").is_file():
+        code_only = (model_dir / "code" / "inference.py").is_file()  # e.g. a hub-mode archive, extracted
+        if not (model_dir / "model_index.json").is_file() and not code_only:
             raise FileNotFoundError(f"{model_dir} has no model_index.json: pass a diffusers model folder")
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if code_dir is None and (model_dir / "code" / "inference.py").is_file():

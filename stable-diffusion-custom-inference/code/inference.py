@@ -193,6 +193,8 @@ def load_model(
     if family.pipeline_class != SDXL_PIPELINE and safety != "on":
         # requires_safety_checker=False: we logged our own warning; skip diffusers' long one.
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+        if not (folder / "feature_extractor").is_dir():
+            kwargs["feature_extractor"] = None
     if found.variant:
         kwargs["variant"] = found.variant
     pipeline_class = StableDiffusionXLPipeline if family.pipeline_class == SDXL_PIPELINE else StableDiffusionPipeline

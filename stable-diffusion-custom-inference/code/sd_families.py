@@ -26,6 +26,7 @@ REQUIRED_COMPONENTS = {
     SD_PIPELINE: ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     SDXL_PIPELINE: ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
 }
+OPTIONAL = ("safety_checker", "feature_extractor", "image_encoder")
 WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2", "safety_checker")
 # diffusers models name their weights diffusion_pytorch_model.*, transformers models model.* / pytorch_model.*.
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
@@ -166,6 +167,8 @@ def detect_family(folder: Path, *, env_family: str | None = None, hub_id: str | 
     missing = [name for name in REQUIRED_COMPONENTS[class_name] if name not in listed]
     if missing:
         raise ModelFolderError(f"model_index.json lists no {', '.join(missing)}: {class_name} needs them ({hint})")
+    # A folder without its safety checker is served unchecked (with a warning), not refused.
+    listed = [name for name in listed if name not in OPTIONAL or (folder / name).is_dir()]
     absent = [name for name in listed if not (folder / name).is_dir()]
     if absent:
         raise ModelFolderError(
