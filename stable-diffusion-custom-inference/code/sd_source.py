@@ -184,6 +184,14 @@ def resolve_model_dir(
             import boto3
 
             secrets = boto3.client("secretsmanager")
-        token = token_from_secret(secrets, settings.token_secret_arn)
+        try:
+            token = token_from_secret(secrets, settings.token_secret_arn)
+        except ModelSourceError:
+            raise
+        except Exception as error:  # botocore's errors: access denied, not found, no network
+            raise ModelSourceError(
+                f"could not read the Hub token from {settings.token_secret_arn} ({type(error).__name__}: {error}): "
+                "check the secret exists and the endpoint role may read it"
+            ) from None
     folder = fetch_from_hub(settings, hub or HuggingFaceHub(), token)
     return folder, settings.repo_id

@@ -292,3 +292,40 @@ def test_a_folder_without_safety_checker_is_packaged_with_a_warning(tmp_path, ti
     shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("code", "safety_checker"))
     package_model.validate_model_dir(folder)
     assert "no safety_checker/" in capsys.readouterr().err
+
+
+def test_an_sdxl_folder_with_fp16_variants_is_packed_with_only_the_fp16_weights(family_dirs, tmp_path):
+    folder = family_dirs["sdxl"]
+    files = members(build_archive(folder, tmp_path / "sdxl.tar.gz", use_pigz=False))
+    weights = sorted(name for name in files if name.endswith(".safetensors"))
+    assert weights == [
+        "text_encoder/model.fp16.safetensors",
+        "text_encoder_2/model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    full = sum((folder / name.replace(".fp16", "")).stat().st_size for name in weights)
+    assert sum(len(files[name]) for name in weights) < 0.6 * full  # half the bytes
+
+
+def test_family_flag_marks_a_turbo_folder_and_the_key_names_the_family(family_dirs, tmp_path, capsys):
+    folder = tmp_path / "sdxl-turbo-download"
+    shutil.copytree(family_dirs["sdxl-turbo"], folder, ignore=shutil.ignore_patterns("speech_to_image.json"))
+    output = tmp_path / "turbo.tar.gz"
+    assert package_model.main(["--model-dir", str(folder), "--family", "sdxl-turbo", "--output", str(output)]) == 0
+    err = capsys.readouterr().err
+    assert json.loads(members(output)["speech_to_image.json"]) == {"family": "sdxl-turbo"}
+    assert f"-c modelDataKey={content_key(output, 'sdxl-turbo')}" in err
+    assert content_key(output, "sdxl-turbo").startswith("models/sdxl-turbo-")
+    assert package_model.main(["--model-dir", str(folder), "--family", "sd-turbo", "--output", str(output)]) == 2
+    assert "is named sd-turbo" in capsys.readouterr().err
+
+
+def test_code_only_archive_holds_only_code_and_is_byte_for_byte_repeatable(tmp_path, capsys):
+    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    assert package_model.main(["--code-only", "--output", str(first)]) == 0
+    assert package_model.main(["--code-only", "--output", str(second)]) == 0
+    assert first.read_bytes() == second.read_bytes()  # same code, same key: no needless new SageMaker model
+    assert all(name.startswith("code/") for name in members(first))
+    assert "code/model_info.json" not in members(first)  # the endpoint reports the Hub id
+    assert f"modelDataKey={content_key(first, 'code')}" in capsys.readouterr().err
