@@ -177,3 +177,13 @@ def test_a_folder_the_endpoint_cannot_serve_fails_to_load_naming_what_is_missing
     with pytest.raises(Exception, match="cannot serve") as raised:
         ToolkitEndpoint(folder)
     assert named in str(raised.value)
+
+
+def test_the_pipeline_reads_an_unchecked_sdxl_response_with_its_family(family_endpoints):
+    from pipeline_common.endpoint_output import parse_response
+
+    body = request(family_endpoints["sdxl"], {"inputs": "a fox", "parameters": {"num_inference_steps": 2, "seed": 3}})
+    parsed = parse_response(body.body, {})
+    assert parsed.model == {"name": "tiny-sdxl", "family": "sdxl"}
+    assert parsed.nsfw_content_detected is False  # null (nothing checked) is not a flag: the image is kept
+    assert parsed.png.startswith(b"\x89PNG")
