@@ -69,6 +69,7 @@ from sd_request import (
     SCHEDULERS,
     GenerationRequest,
     RequestError,
+    media_type,
     parse_request,
     resolve_parameters,
 )
@@ -321,13 +322,9 @@ def _png(image: Any) -> bytes:
         return buffer.getvalue()
 
 
-def _media_type(header: str | None) -> str:
-    return (header or "").split(";")[0].strip().lower()
-
-
 def output_fn(prediction: dict[str, Any], accept: str) -> bytes:
     """Serialise to JSON (base64 PNGs) or, for Accept image/png, the first image's raw PNG."""
-    wanted = _media_type(accept) if accept and accept != ANY else prediction.get("accept", JSON)
+    wanted = media_type(accept) if accept and accept != ANY else prediction.get("accept", JSON)
     if wanted == PNG:
         return _png(prediction["images"][0])
     if wanted != JSON:

@@ -65,7 +65,8 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _media_type(header: str | None) -> str:
+def media_type(header: str | None) -> str:
+    """The media type of a Content-Type/Accept header, lower case, parameters dropped."""
     return (header or "").split(";")[0].strip().lower()
 
 
@@ -77,15 +78,14 @@ def _requested_accept(context: Any) -> str:
     raw = headers.get("Accept") or headers.get("accept")
     if not raw or raw == ANY:
         return JSON
-    accept = _media_type(raw)
+    accept = media_type(raw)
     if "," in raw or accept not in (JSON, PNG):
         raise RequestError(f"Accept {raw!r} is not supported: send exactly one of {JSON} or {PNG}")
     return accept
 
 
 def _decode_json(input_data: Any, content_type: str | None) -> Any:
-    media_type = _media_type(content_type)
-    if media_type != JSON:
+    if media_type(content_type) != JSON:
         shown = content_type or "(none)"
         raise RequestError(f"Content-Type {shown!r} is not supported: send the request as {JSON}")
     if isinstance(input_data, bytes | bytearray):
