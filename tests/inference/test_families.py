@@ -11,7 +11,7 @@ import pytest
 from diffusers import EulerAncestralDiscreteScheduler
 
 from sd_tools.toolkit_harness import ToolkitEndpoint, error_message
-from tests.inference.helpers import generate, pixels, png_image, request
+from tests.inference.helpers import code_module, generate, pixels, png_image, request
 
 FAMILIES = ("sd2", "sdxl", "sd-turbo", "sdxl-turbo")
 # The family's own step count where it has a cap (turbo: at most 4).
@@ -108,12 +108,9 @@ def test_over_budget_requests_are_refused_with_the_largest_allowed(family_dirs, 
 
 def test_the_default_sdxl_request_fits_a_t4_in_real_time_and_more_steps_are_refused(family_dirs, monkeypatch):
     # Budget arithmetic only (no 1024x1024 generation on a CPU): the refusal happens before the pipeline runs.
-    import importlib
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "stable-diffusion-custom-inference" / "code"))
-    budget = importlib.import_module("sd_budget")
-    t4 = budget.budget_from_env("ml.g4dn.xlarge", "60")
-    allowed = budget.max_steps("sdxl", 1024, 1024, 1, True, t4)
+    with code_module("sd_budget") as budget:
+        t4 = budget.budget_from_env("ml.g4dn.xlarge", "60")
+        allowed = budget.max_steps("sdxl", 1024, 1024, 1, True, t4)
     assert 25 <= allowed < 40
     env = {"SD_INSTANCE_TYPE": "ml.g4dn.xlarge", "SD_TIME_LIMIT_SECONDS": "60"}
     with _endpoint_with(family_dirs["sdxl"], monkeypatch, **env) as sdxl:

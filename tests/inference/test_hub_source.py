@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import json
 import shutil
 import tarfile
@@ -16,9 +15,8 @@ from moto import mock_aws
 
 from sd_tools.package_model import build_archive
 from sd_tools.toolkit_harness import ToolkitEndpoint
-from tests.inference.helpers import png_image, request
+from tests.inference.helpers import code_module, png_image, request
 
-CODE = Path(__file__).resolve().parents[2] / "stable-diffusion-custom-inference" / "code"
 REPO_ID = "stabilityai/sdxl-turbo"
 REVISION = "71153311d3dbb46851df1931d3ca6e939de83304"
 # What a Hub repo holds beside the diffusers folders: the single-file checkpoints and other formats.
@@ -33,9 +31,9 @@ JUNK = (
 
 
 @pytest.fixture
-def sd_source(monkeypatch):
-    monkeypatch.syspath_prepend(str(CODE))
-    return importlib.import_module("sd_source")
+def sd_source():
+    with code_module("sd_source") as module:
+        yield module
 
 
 class LocalHub:
