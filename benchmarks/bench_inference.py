@@ -2,6 +2,11 @@
 
     python benchmarks/bench_inference.py --device cpu                                   # tiny model
     python benchmarks/bench_inference.py --device cuda --model sd-v1-4-random --size 512  # real SD v1-4 cost
+    python benchmarks/bench_inference.py --families [--device cuda]   # every family, tiny models, defaults
+
+`--families` loads a tiny folder of each family (sd1, sd2 v-prediction, sdxl, sd-turbo, sdxl-turbo) with
+code/inference.py's own load_model and times predict_fn with the family's defaults (steps, guidance, scheduler,
+native size): the per-family overhead of the serving code, not real-model speed (docs/MODELS.md has those).
 
 Configurations (each measured in a fresh subprocess so memory peaks do not mix):
   public  PNDM, 50 steps, classic attention (AttnProcessor), fp32 on CPU / fp32 weights under
@@ -204,6 +209,87 @@ def worker(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+FAMILIES = ("sd1", "sd2", "sdxl", "sd-turbo", "sdxl-turbo")
+
+
+def family_worker(family: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Load one tiny family folder with inference.load_model and time predict_fn with the family defaults."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    inference = _inference_module()
+    started = time.perf_counter()
+    model = inference.load_model(args.model_dir, env={})
+    load_s = time.perf_counter() - started
+    request = inference.GenerationRequest(prompt=PROMPT, accept="application/json", seed=0)
+
+    def run() -> float:
+        if model.device == "cuda":
+            torch.cuda.synchronize()
+        begin = time.perf_counter()
+        result = inference.predict_fn(request, model)
+        if model.device == "cuda":
+            torch.cuda.synchronize()
+        run.used = result["parameters"]  # type: ignore[attr-defined]
+        return time.perf_counter() - begin
+
+    run()  # warm-up
+    times = [run() for _ in range(args.repeats)]
+    used = run.used  # type: ignore[attr-defined]
+    return {
+        "family": family,
+        "label": model.family.label,
+        "steps": used["num_inference_steps"],
+        "guidance": used["guidance_scale"],
+        "scheduler": used["scheduler"],
+        "size": f"{used['height']}x{used['width']}",
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "variant": model.variant or "default",
+        "seconds": times,
+        "load_s": load_s,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if model.device == "cuda" else None,
+    }
+
+
+def run_families(args: argparse.Namespace, forwarded: list[str]) -> int:
+    """Build each tiny family folder once, time it in its own subprocess, print a markdown table."""
+    import tempfile
+
+    from sd_tools.tiny_model import build_tiny_model
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-families-") as scratch:
+        for family in FAMILIES:
+            folder = build_tiny_model(Path(scratch) / family, family=family, fp16_variant=args.device == "cuda")
+            command = [sys.executable, __file__, "--family-worker", family, *forwarded, "--model-dir", str(folder)]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                print(f"error: the {family} worker failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+                return 1
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    where = results[0]["gpu"] or f"{platform.processor() or platform.machine()} CPU, {results[0]['threads']} threads"
+    print(f"## Tiny model per family through code/inference.py, {args.device} ({where})")
+    print(f"{_versions()}; family defaults; median of {args.repeats} runs after a warm-up\n")
+    print("| family | steps | guidance | scheduler | size | precision (weights) | s/image | min-max | load s |")
+    print("| --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: |")
+    for result in results:
+        cells = [
+            f"{result['label']} ({result['family']})",
+            str(result["steps"]),
+            f"{result['guidance']:g}",
+            result["scheduler"],
+            result["size"],
+            f"{result['dtype']} ({result['variant']})",
+            f"{statistics.median(result['seconds']):.3f}",
+            f"{min(result['seconds']):.3f}-{max(result['seconds']):.3f}",
+            f"{result['load_s']:.2f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    return 0
+
+
 def _versions() -> str:
     import diffusers
     import torch
@@ -225,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="CPU threads for torch (default: torch's; 1 is steadier on a busy box)",
     )
+    parser.add_argument("--families", action="store_true", help="time every family's tiny model with its defaults")
     parser.add_argument("--worker", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--family-worker", choices=FAMILIES, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.size = args.size or (64 if args.model == "tiny" else 512)
@@ -235,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
+        return 0
+    if args.family_worker:
+        print(json.dumps(family_worker(args.family_worker, args)))
         return 0
 
     if args.device == "cuda":
@@ -255,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.threads:
         forwarded += ["--threads", str(args.threads)]
+    if args.families:
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        return run_families(args, ["--device", args.device, "--repeats", str(args.repeats), *threads])
     if args.model == "tiny":
         from sd_tools.tiny_model import ensure_tiny_model
 

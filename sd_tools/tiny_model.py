@@ -1,4 +1,4 @@
-"""A tiny random-weight Stable Diffusion v1 pipeline, built offline in the real v1-4 folder layout.
+"""Tiny random-weight Stable Diffusion pipelines (v1, 2.x v-prediction, XL, turbo), built offline in real layouts.
 
 Tests and local mode need a model folder that loads exactly like CompVis/stable-diffusion-v1-4
 (same files, same classes, same loader) but builds in a second with no download. Component
@@ -7,7 +7,9 @@ the CLIP tokenizer is a hand-written byte-level vocabulary with no merges, so ev
 one token and the 77-token limit is reached after ~75 characters. Images are noise-like but
 deterministic: the same weights seed and request seed give the same pixels.
 
-    python -m sd_tools.tiny_model --out .cache/tiny-sd
+SD 2.x and SDXL use diffusers' own SD2/SDXL test components the same way (FACTS.md).
+
+    python -m sd_tools.tiny_model --out .cache/tiny-sd [--family sdxl] [--fp16-variant]
 """
 
 from __future__ import annotations
@@ -96,19 +98,77 @@ def _tiny_safety_checker(mode: SafetyMode) -> Any:
     return checker.eval()
 
 
-def build_tiny_model(path: Path, seed: int = 0, *, safety_checker: SafetyMode = "pass") -> Path:
-    """Build the tiny pipeline into `path` (created; must be empty or absent) and return it.
+FAMILIES = ("sd1", "sd2", "sdxl", "sd-turbo", "sdxl-turbo")
+Family = Literal["sd1", "sd2", "sdxl", "sd-turbo", "sdxl-turbo"]
+# code/sd_families.FAMILY_FILE: how a turbo folder says what it is (its model_index.json cannot).
+FAMILY_FILE = "speech_to_image.json"
 
-    `safety_checker`: "pass" (a tiny checker that never fires, as on ordinary images),
-    "flag" (fires on every image: tests the blacked-out path) or "none" (no checker folder).
-    """
+
+def _clip_text_config(**overrides: Any) -> Any:
+    from transformers import CLIPTextConfig
+
+    values = {
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "layer_norm_eps": 1e-05,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 5,
+        "pad_token_id": 1,
+        "vocab_size": 1000,
+    }
+    return CLIPTextConfig(**{**values, **overrides})
+
+
+def _tokenizer() -> Any:
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab_file, merges_file = write_byte_level_tokenizer_files(Path(scratch))
+        return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
+
+
+def _vae(seed: int) -> Any:
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL
 
-    path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} is not empty: build the tiny model into a new folder")
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+    )
+
+
+def _scheduler(family: str) -> Any:
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    betas = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+    if family == "sd2":  # stabilityai/stable-diffusion-2-1 (768, v-prediction) ships DDIM
+        return DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                             prediction_type="v_prediction")  # fmt: skip
+    if family == "sdxl":  # stabilityai/stable-diffusion-xl-base-1.0 ships Euler on leading timesteps
+        return EulerDiscreteScheduler(**betas, steps_offset=1, timestep_spacing="leading")
+    if family == "sd-turbo":
+        return EulerDiscreteScheduler(**betas, steps_offset=1, timestep_spacing="trailing")
+    if family == "sdxl-turbo":
+        return EulerAncestralDiscreteScheduler(**betas, steps_offset=1, timestep_spacing="trailing")
+    # The scheduler config of the real v1-4 folder (PNDM): the endpoint must swap it for its own default.
+    return PNDMScheduler(**betas, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+
+
+def _sd_pipeline(family: str, seed: int, safety_checker: SafetyMode) -> Any:
+    """SD 1.x (diffusers' SD dummy components) or SD 2.x (the SD2 ones: linear projection, gelu text encoder)."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPTextModel
+
+    sd2 = family in ("sd2", "sd-turbo")
+    sd2_unet = {"attention_head_dim": (2, 4), "use_linear_projection": True} if sd2 else {}
     # fork_rng: building must not move the caller's global torch RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -121,62 +181,107 @@ def build_tiny_model(path: Path, seed: int = 0, *, safety_checker: SafetyMode = 
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=32,
+            **sd2_unet,
         )
-        torch.manual_seed(seed)
-        vae = AutoencoderKL(
-            block_out_channels=[32, 64],
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-            latent_channels=4,
-        )
+        vae = _vae(seed)
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                bos_token_id=0,
-                eos_token_id=2,
-                hidden_size=32,
-                intermediate_size=37,
-                layer_norm_eps=1e-05,
-                num_attention_heads=4,
-                num_hidden_layers=5,
-                pad_token_id=1,
-                vocab_size=1000,
-            )
+            _clip_text_config(**({"hidden_act": "gelu", "projection_dim": 512} if sd2 else {}))
         )
         torch.manual_seed(seed)
         checker = None if safety_checker == "none" else _tiny_safety_checker(safety_checker)
-
-    # The scheduler config of the real v1-4 folder (PNDM): the endpoint must swap it for its own default.
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        steps_offset=1,
-    )
-    with tempfile.TemporaryDirectory() as scratch:
-        vocab_file, merges_file = write_byte_level_tokenizer_files(Path(scratch))
-        tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
     # The safety checker's feature extractor must produce the checker's input size (32 here, 224 in v1-4).
     feature_extractor = CLIPImageProcessor(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
     )
-    pipe = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
+        tokenizer=_tokenizer(),
+        scheduler=_scheduler(family),
         safety_checker=checker,
         feature_extractor=feature_extractor,
         requires_safety_checker=checker is not None,
     )
+
+
+def _sdxl_pipeline(family: str, seed: int) -> Any:
+    """SDXL from diffusers' SDXL dummy components: text_time UNet, two text encoders (the second projected)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + the pooled 32-wide text embedding
+            cross_attention_dim=64,  # both encoders' 32-wide hidden states, concatenated
+            norm_num_groups=1,
+        )
+        vae = _vae(seed)
+        torch.manual_seed(seed)
+        text_config = _clip_text_config(hidden_act="gelu", projection_dim=32)
+        text_encoder = CLIPTextModel(text_config)
+        text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    return StableDiffusionXLPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=_tokenizer(),
+        tokenizer_2=_tokenizer(),
+        scheduler=_scheduler(family),
+    )
+
+
+def build_tiny_model(
+    path: Path,
+    seed: int = 0,
+    *,
+    safety_checker: SafetyMode | None = None,
+    family: Family = "sd1",
+    fp16_variant: bool = False,
+) -> Path:
+    """Build the tiny pipeline of `family` into `path` (created; must be empty or absent) and return it.
+
+    `safety_checker` (SD 1.x/2.x only; default "pass" for sd1 as in v1-4, "none" for the others as in the
+    stabilityai repos): "pass" (never fires), "flag" (fires on every image) or "none" (no checker folder).
+    Turbo folders get a speech_to_image.json naming their family, as `package_model --family` writes it.
+    `fp16_variant` also saves every weight file as an fp16 variant (`*.fp16.safetensors`), as Hub repos do.
+    """
+    import torch
+
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r}: use one of {FAMILIES}")
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} is not empty: build the tiny model into a new folder")
+    checker = safety_checker or ("pass" if family == "sd1" else "none")
+    if "xl" in family:
+        if checker != "none":
+            raise ValueError("SDXL pipelines have no safety checker component")
+        pipe = _sdxl_pipeline(family, seed)
+    else:
+        pipe = _sd_pipeline(family, seed, checker)
     path.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(path), safe_serialization=True)
+    if fp16_variant:
+        pipe.to(torch.float16).save_pretrained(str(path), safe_serialization=True, variant="fp16")
+    if "turbo" in family:
+        (path / FAMILY_FILE).write_text(json.dumps({"family": family}), encoding="utf-8")
     return path
 
 
@@ -218,12 +323,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--safety-checker",
         choices=("pass", "flag", "none"),
-        default="pass",
-        help="tiny checker that never fires (default), fires on every image, or no checker at all",
+        default=None,
+        help="tiny checker that never fires (sd1's default), fires on every image, or none (the others' default)",
     )
+    parser.add_argument("--family", choices=FAMILIES, default="sd1", help="architecture to build (default sd1)")
+    parser.add_argument("--fp16-variant", action="store_true", help="also save *.fp16.safetensors weights")
     args = parser.parse_args(argv)
     try:
-        out = build_tiny_model(args.out, seed=args.seed, safety_checker=args.safety_checker)
+        out = build_tiny_model(
+            args.out,
+            seed=args.seed,
+            safety_checker=args.safety_checker,
+            family=args.family,
+            fp16_variant=args.fp16_variant,
+        )
     except FileExistsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

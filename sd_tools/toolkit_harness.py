@@ -81,7 +81,8 @@ class ToolkitEndpoint:
         from sagemaker_huggingface_inference_toolkit.handler_service import HuggingFaceHandlerService
 
         model_dir = Path(model_dir).resolve()
-        if not (model_dir / "model_index.json").is_file():
+        code_only = (model_dir / "code" / "inference.py").is_file()  # e.g. a hub-mode archive, extracted
+        if not (model_dir / "model_index.json").is_file() and not code_only:
             raise FileNotFoundError(f"{model_dir} has no model_index.json: pass a diffusers model folder")
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if code_dir is None and (model_dir / "code" / "inference.py").is_file():
@@ -96,14 +97,16 @@ class ToolkitEndpoint:
         self._context = Context(MODEL_NAME, str(serving_dir), None, 1, gpu_id, MMS_VERSION)
         self._service = HuggingFaceHandlerService()
         code_path = str(serving_dir / "code")
+        # inference.py imports its sibling modules in code/ (the toolkit puts code/ first on sys.path).
+        own_modules = [USER_MODULE, *sorted(path.stem for path in (serving_dir / "code").glob("*.py"))]
         with _LOAD_LOCK:
-            # A previous endpoint's module would be reused by importlib: each endpoint imports its own.
-            sys.modules.pop(USER_MODULE, None)
+            # A previous endpoint's modules would be reused by importlib: each endpoint imports its own.
+            _forget(own_modules)
             started = time.perf_counter()
             try:
                 self._service.initialize(self._context)  # imports code/inference.py and runs model_fn
             finally:
-                sys.modules.pop(USER_MODULE, None)
+                _forget(own_modules)
                 # initialize() prepends code/ to sys.path for good; undo it so endpoints do not leak.
                 while code_path in sys.path:
                     sys.path.remove(code_path)
@@ -166,6 +169,11 @@ class ToolkitEndpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _forget(modules: list[str]) -> None:
+    for name in modules:
+        sys.modules.pop(name, None)
 
 
 def _gpu_id() -> int | None:

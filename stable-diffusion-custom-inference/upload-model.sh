@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Package a diffusers Stable Diffusion v1.x folder as model.tar.gz and upload it to the bucket
+# Package a diffusers text-to-image folder (SD 1.x, 2.x, XL, turbo) as model.tar.gz and upload it to the bucket
 # and key the deployed InfraStack names (its ModelBucketName / ModelDataKey outputs).
 #
 #   stable-diffusion-custom-inference/upload-model.sh path/to/stable-diffusion-v1-4 [--region eu-west-1]

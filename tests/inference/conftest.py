@@ -39,3 +39,24 @@ def endpoint(tiny_model_dir: Path) -> Iterator[ToolkitEndpoint]:
     """The real toolkit handler serving code/inference.py with the tiny model."""
     with ToolkitEndpoint(tiny_model_dir) as served:
         yield served
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny SD 2.x (v-prediction), SDXL (with fp16 variant files), SD-Turbo and SDXL-Turbo folders, built once."""
+    root = tmp_path_factory.mktemp("families")
+    return {
+        "sd2": build_tiny_model(root / "tiny-sd2", family="sd2"),
+        "sdxl": build_tiny_model(root / "tiny-sdxl", family="sdxl", fp16_variant=True),
+        "sd-turbo": build_tiny_model(root / "tiny-sd-turbo", family="sd-turbo"),
+        "sdxl-turbo": build_tiny_model(root / "tiny-sdxl-turbo", family="sdxl-turbo"),
+    }
+
+
+@pytest.fixture(scope="session")
+def family_endpoints(family_dirs: dict[str, Path]) -> Iterator[dict[str, ToolkitEndpoint]]:
+    """The real toolkit handler serving each tiny family folder (no budget: SD_TIME_LIMIT_SECONDS unset)."""
+    served = {name: ToolkitEndpoint(folder) for name, folder in family_dirs.items()}
+    yield served
+    for endpoint in served.values():
+        endpoint.close()

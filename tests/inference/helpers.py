@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import importlib
 import io
 import json
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from sd_tools.toolkit_harness import DEFAULT_CODE_DIR as CODE_DIR
 from sd_tools.toolkit_harness import InvocationResult, ToolkitEndpoint
 
 # Small and fast: every request in these tests uses them unless it checks a default.
@@ -49,3 +54,16 @@ def pixels(response: dict[str, Any], index: int = 0) -> np.ndarray:
 def png_image(response: dict[str, Any], index: int = 0) -> Image.Image:
     """Image `index` of a JSON response, decoded from base64 PNG."""
     return decode_png(base64.b64decode(response["images"][index]))
+
+
+@contextlib.contextmanager
+def code_module(name: str) -> Iterator[Any]:
+    """Import code/<name>.py as the toolkit would (code/ on sys.path); forget it and its siblings afterwards."""
+    own = {path.stem for path in CODE_DIR.glob("*.py")}
+    sys.path.insert(0, str(CODE_DIR))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(CODE_DIR))
+        for module in own:
+            sys.modules.pop(module, None)  # endpoints import their own copies (see toolkit_harness)

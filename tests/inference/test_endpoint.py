@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -39,7 +40,7 @@ def test_response_has_the_contract_shape_and_a_png_of_the_requested_size(endpoin
     assert response["nsfw_content_detected"] == [False]
     assert response["prompt_truncated"] is False
     assert response["timings"]["inference_s"] > 0
-    assert response["model"] == {"name": "tiny-sd"}
+    assert response["model"] == {"name": "tiny-sd", "family": "sd1"}
     # The safety checker passed it and the model is random: a noisy image, not a black one.
     assert pixels(response).std() > 5
 
@@ -214,7 +215,7 @@ BAD_REQUESTS = [
     pytest.param(
         {"inputs": "a", "parameters": {"height": 32}},
         {},
-        "parameters.height must be from 64 to 1024",
+        "parameters.height must be from 64 to 2048",
         id="height-too-small",
     ),
     pytest.param(
@@ -334,19 +335,19 @@ def test_a_model_without_safety_checker_is_served_with_a_warning(tmp_path, caplo
     assert any("NOT checked for NSFW" in record.getMessage() for record in caplog.records)
 
 
-def test_each_endpoint_imports_its_own_inference_module_and_cleans_sys_path(endpoint, tiny_model_dir, tmp_path):
-    code_dir = tmp_path / "code"
+def test_each_endpoint_imports_its_own_inference_modules_and_cleans_sys_path(endpoint, tiny_model_dir, tmp_path):
     source = Path(__file__).resolve().parents[2] / "stable-diffusion-custom-inference" / "code"
-    code_dir.mkdir()
-    text = (source / "inference.py").read_text().replace("DEFAULT_STEPS = 25", "DEFAULT_STEPS = 3")
-    (code_dir / "inference.py").write_text(text)
-    (code_dir / "requirements.txt").write_text((source / "requirements.txt").read_text())
+    code_dir = tmp_path / "code"
+    shutil.copytree(source, code_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    # A sibling module changed: the endpoint must import this copy of it, not the one already loaded.
+    families = code_dir / "sd_families.py"
+    families.write_text(families.read_text().replace('"sd1", 25, 7.5', '"sd1", 3, 7.5'))
     with ToolkitEndpoint(tiny_model_dir, code_dir=code_dir) as patched:
         three = request(patched, {"inputs": "a", "parameters": {"height": 64, "width": 64}}).json()
     assert three["parameters"]["num_inference_steps"] == 3
     default = request(endpoint, {"inputs": "a", "parameters": {"height": 64, "width": 64, "num_inference_steps": None}})
     assert default.json()["parameters"]["num_inference_steps"] == 25
-    assert "inference" not in sys.modules
+    assert not {"inference", "sd_families", "sd_request", "sd_budget", "sd_source"} & set(sys.modules)
     assert not any(entry.endswith("/code") and "sd-serving-" in entry for entry in sys.path)
 
 
@@ -356,6 +357,7 @@ def test_use_sdpa_replaces_the_classic_attention_processor(tiny_model_dir, monke
     from diffusers.models.attention_processor import AttnProcessor
 
     path = Path(__file__).resolve().parents[2] / "stable-diffusion-custom-inference" / "code" / "inference.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # its sibling modules, as the toolkit's sys.path gives them
     spec = importlib.util.spec_from_file_location("inference_under_test", path)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from sd_tools.toolkit_harness import DEFAULT_CODE_DIR, assemble_serving_dir, error_message
-from tests.inference.helpers import FAST, pixels
+from tests.inference.helpers import FAST, pixels, png_image
 
 MMS = Path(sys.executable).with_name("multi-model-server")
 pytestmark = [
@@ -57,10 +57,10 @@ def _post(url: str, body: bytes, content_type: str, accept: str) -> tuple[int, s
         return error.code, error.headers["content-type"], error.read()
 
 
-@pytest.fixture(scope="module")
-def mms_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("mms")
-    serving = assemble_serving_dir(tiny_model_dir, DEFAULT_CODE_DIR, root / "model")
+@contextlib.contextmanager
+def _serve(model_dir: Path, root: Path) -> Iterator[str]:
+    """MMS serving `model_dir` in the tarball layout, as the DLC runs it; yields the invocations URL."""
+    serving = assemble_serving_dir(model_dir, DEFAULT_CODE_DIR, root / "model")
     port, management = _free_port(), _free_port()
     defaults = Path(__import__("sagemaker_inference").__file__).with_name("etc") / "default-mms.properties"
     config = root / "config.properties"
@@ -100,6 +100,12 @@ def mms_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             os.killpg(server.pid, signal.SIGKILL)
 
 
+@pytest.fixture(scope="module")
+def mms_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with _serve(tiny_model_dir, tmp_path_factory.mktemp("mms")) as url:
+        yield url
+
+
 def test_model_server_and_harness_agree(mms_url, endpoint):
     ok = json.dumps({"inputs": "a red fox in the snow", "parameters": {**FAST, "seed": 5}}).encode()
     status, content_type, body = _post(mms_url, ok, "application/json", "application/json")
@@ -122,3 +128,21 @@ def test_model_server_and_harness_agree(mms_url, endpoint):
 
     status, _, body = _post(mms_url, b'{"inputs": "a fox"}', "text/plain", "application/json")
     assert status == 400 and "Content-Type 'text/plain'" in json.loads(json.loads(body)["message"])["error"]
+
+
+def test_model_server_serves_an_sdxl_turbo_folder_with_its_modules_and_defaults(
+    family_dirs, family_endpoints, tmp_path
+):
+    with _serve(family_dirs["sdxl-turbo"], tmp_path) as url:
+        body = json.dumps({"inputs": "a red fox in the snow", "parameters": {"seed": 5, "width": 96}}).encode()
+        status, content_type, payload = _post(url, body, "application/json", "application/json")
+        assert (status, content_type) == (200, "application/json")
+        served = json.loads(payload)
+        too_many = json.dumps({"inputs": "a fox", "parameters": {"num_inference_steps": 8}}).encode()
+        refused = _post(url, too_many, "application/json", "application/json")
+    assert served["model"]["family"] == "sdxl-turbo"
+    assert served["parameters"]["num_inference_steps"] == 1 and served["parameters"]["guidance_scale"] == 0.0
+    assert png_image(served).size == (96, 64)
+    local = family_endpoints["sdxl-turbo"].invoke(body).json()
+    assert np.abs(pixels(served) - pixels(local)).max() <= 1
+    assert refused[0] == 400 and "from 1 to 4 for SDXL-Turbo" in refused[2].decode()

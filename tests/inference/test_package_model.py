@@ -18,7 +18,14 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from sd_tools import package_model
-from sd_tools.package_model import PackagingError, UploadTarget, build_archive, upload_archive, upload_target
+from sd_tools.package_model import (
+    PackagingError,
+    UploadTarget,
+    build_archive,
+    content_key,
+    upload_archive,
+    upload_bucket,
+)
 from sd_tools.toolkit_harness import ToolkitEndpoint
 from tests.inference.helpers import generate, pixels
 
@@ -56,13 +63,12 @@ def test_archive_has_the_toolkit_layout(archive, tiny_model_dir):
     files = members(archive)
     model_files = sorted(p.relative_to(tiny_model_dir).as_posix() for p in tiny_model_dir.rglob("*") if p.is_file())
     assert sorted(name for name in files if not name.startswith("code/")) == model_files
-    assert {name for name in files if name.startswith("code/")} == {
-        "code/inference.py",
-        "code/requirements.txt",
-        "code/model_info.json",
-    }
     source = REPO / "stable-diffusion-custom-inference" / "code"
-    assert files["code/inference.py"] == (source / "inference.py").read_bytes()
+    shipped = {f"code/{path.name}" for path in source.glob("*.py")} | {"code/requirements.txt"}
+    assert {"code/inference.py", "code/sd_families.py", "code/sd_budget.py"} <= shipped
+    assert {name for name in files if name.startswith("code/")} == shipped | {"code/model_info.json"}
+    for name in shipped:
+        assert files[name] == (source / name.removeprefix("code/")).read_bytes()
     assert files["code/requirements.txt"] == (source / "requirements.txt").read_bytes()
     assert json.loads(files["code/model_info.json"]) == {"name": "tiny-sd"}
     assert (
@@ -77,7 +83,7 @@ def test_extracted_archive_serves_the_same_images(archive, endpoint, tmp_path):
     with ToolkitEndpoint(tmp_path / "opt-ml-model") as packaged:
         assert packaged.serving_dir == (tmp_path / "opt-ml-model").resolve()  # its own code/ is used as is
         response = generate(packaged, seed=7)
-    assert response["model"] == {"name": "tiny-sd"}
+    assert response["model"] == {"name": "tiny-sd", "family": "sd1"}
     assert np.abs(pixels(response) - pixels(generate(endpoint, seed=7))).max() <= 1
 
 
@@ -141,14 +147,17 @@ def _index(folder: Path, **index: object) -> Path:
     [
         (lambda root: root / "absent", "is not a folder"),
         (lambda root: root, "has no model_index.json"),
-        (lambda root: _index(root / "xl", _class_name="StableDiffusionXLPipeline"), "not 'StableDiffusionPipeline'"),
-        (lambda root: _index(root / "sd", _class_name="StableDiffusionPipeline"), "lacks the subfolder(s) unet, vae"),
+        (
+            lambda root: _index(root / "sd3", _class_name="StableDiffusion3Pipeline"),
+            "'StableDiffusion3Pipeline', which",
+        ),
+        (lambda root: _index(root / "sd", _class_name="StableDiffusionPipeline"), "lists no unet, vae"),
     ],
     ids=["missing", "no-index", "other-pipeline", "no-subfolders"],
 )
 def test_a_folder_that_is_not_sd_is_refused_with_exit_2_and_one_line(tmp_path, capsys, make, fix):
     folder = make(tmp_path)
-    with pytest.raises(PackagingError, match="diffusers Stable Diffusion"):
+    with pytest.raises(PackagingError, match="diffusers text-to-image folder"):
         package_model.validate_model_dir(folder)
     assert package_model.main(["--model-dir", str(folder), "--output", str(tmp_path / "m.tar.gz")]) == 2
     err = capsys.readouterr().err.strip()
@@ -157,7 +166,7 @@ def test_a_folder_that_is_not_sd_is_refused_with_exit_2_and_one_line(tmp_path, c
     assert not (tmp_path / "m.tar.gz").exists()
 
 
-def test_upload_target_comes_from_the_stack_outputs():
+def test_upload_bucket_comes_from_the_stack_outputs():
     client = boto3.client("cloudformation", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
     stack = {
         "StackName": "InfraStack",
@@ -166,7 +175,6 @@ def test_upload_target_comes_from_the_stack_outputs():
         "Outputs": [
             {"OutputKey": "ModelBucketName", "OutputValue": "infra-modelbucket-abc"},
             {"OutputKey": "ModelDataKey", "OutputValue": KEY},
-            {"OutputKey": "Other", "OutputValue": "ignored"},
         ],
     }
     with Stubber(client) as stub:
@@ -181,11 +189,11 @@ def test_upload_target_comes_from_the_stack_outputs():
             http_status_code=400,
             expected_params={"StackName": "Gone"},
         )
-        assert upload_target(client, "InfraStack") == UploadTarget("infra-modelbucket-abc", KEY)
-        with pytest.raises(PackagingError, match=r"has no output.*ModelBucketName"):
-            upload_target(client, "Old")
+        assert upload_bucket(client, "InfraStack") == "infra-modelbucket-abc"
+        with pytest.raises(PackagingError, match=r"has no output ModelBucketName"):
+            upload_bucket(client, "Old")
         with pytest.raises(PackagingError, match=r"does not exist.*deploy"):
-            upload_target(client, "Gone")
+            upload_bucket(client, "Gone")
 
 
 def test_upload_is_multipart_capable(aws_env, tmp_path):
@@ -208,21 +216,28 @@ STACK_TEMPLATE = {
 }
 
 
-def test_cli_packages_and_uploads_to_the_stack_target(aws_env, tiny_model_dir, tmp_path, capsys):
+def test_cli_uploads_under_a_content_hash_key_and_prints_the_deploy_change(aws_env, tiny_model_dir, tmp_path, capsys):
     output = tmp_path / "model.tar.gz"
+    argv = ["--model-dir", str(tiny_model_dir), "--output", str(output), "--upload"]
     with mock_aws():
         cloudformation = boto3.client("cloudformation", region_name="us-east-1")
         cloudformation.create_stack(StackName="InfraStack", TemplateBody=json.dumps(STACK_TEMPLATE))
-        bucket = upload_target(cloudformation, "InfraStack").bucket
-        code = package_model.main(["--model-dir", str(tiny_model_dir), "--output", str(output), "--upload"])
-        printed = capsys.readouterr().out.strip()
-        uploaded = boto3.client("s3", region_name="us-east-1").get_object(Bucket=bucket, Key=KEY)["Body"].read()
-        missing = package_model.main(
-            ["--model-dir", str(tiny_model_dir), "--output", str(output), "--upload", "--stack-name", "Nope"]
-        )
-    assert code == 0
-    assert printed == f"s3://{bucket}/{KEY}"
+        bucket = upload_bucket(cloudformation, "InfraStack")
+        code = package_model.main(argv)
+        first = capsys.readouterr()
+        s3 = boto3.client("s3", region_name="us-east-1")
+        key = content_key(output, "sd1")
+        uploaded = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        again = package_model.main(argv)  # same folder, same bytes, same key: nothing to upload
+        second = capsys.readouterr()
+        missing = package_model.main([*argv, "--stack-name", "Nope"])
+    assert code == 0 and again == 0
+    digest = hashlib.sha256(output.read_bytes()).hexdigest()
+    assert key == f"models/sd1-{digest[:16]}/model.tar.gz"
+    assert first.out.strip() == second.out.strip() == f"s3://{bucket}/{key}"
     assert uploaded == output.read_bytes()
+    assert f"-c modelDataKey={key}" in first.err and f'"modelDataKey": "{key}"' in first.err
+    assert "already holds this archive" in second.err
     assert missing == 2
     assert "stack Nope does not exist" in capsys.readouterr().err
 
@@ -268,7 +283,7 @@ def test_a_folder_with_only_fp16_weights_is_refused(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("code"))
     for weights in (folder / "unet").glob("diffusion_pytorch_model.*"):
         weights.rename(weights.with_name(weights.name.replace("model.", "model.fp16.")))
-    with pytest.raises(PackagingError, match=r"no default-variant weights.*unet.*without variant"):
+    with pytest.raises(PackagingError, match=r"no weights in unet \(neither a full set of fp16 variant files"):
         package_model.validate_model_dir(folder)
 
 
@@ -277,3 +292,40 @@ def test_a_folder_without_safety_checker_is_packaged_with_a_warning(tmp_path, ti
     shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("code", "safety_checker"))
     package_model.validate_model_dir(folder)
     assert "no safety_checker/" in capsys.readouterr().err
+
+
+def test_an_sdxl_folder_with_fp16_variants_is_packed_with_only_the_fp16_weights(family_dirs, tmp_path):
+    folder = family_dirs["sdxl"]
+    files = members(build_archive(folder, tmp_path / "sdxl.tar.gz", use_pigz=False))
+    weights = sorted(name for name in files if name.endswith(".safetensors"))
+    assert weights == [
+        "text_encoder/model.fp16.safetensors",
+        "text_encoder_2/model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    full = sum((folder / name.replace(".fp16", "")).stat().st_size for name in weights)
+    assert sum(len(files[name]) for name in weights) < 0.6 * full  # half the bytes
+
+
+def test_family_flag_marks_a_turbo_folder_and_the_key_names_the_family(family_dirs, tmp_path, capsys):
+    folder = tmp_path / "sdxl-turbo-download"
+    shutil.copytree(family_dirs["sdxl-turbo"], folder, ignore=shutil.ignore_patterns("speech_to_image.json"))
+    output = tmp_path / "turbo.tar.gz"
+    assert package_model.main(["--model-dir", str(folder), "--family", "sdxl-turbo", "--output", str(output)]) == 0
+    err = capsys.readouterr().err
+    assert json.loads(members(output)["speech_to_image.json"]) == {"family": "sdxl-turbo"}
+    assert f"-c modelDataKey={content_key(output, 'sdxl-turbo')}" in err
+    assert content_key(output, "sdxl-turbo").startswith("models/sdxl-turbo-")
+    assert package_model.main(["--model-dir", str(folder), "--family", "sd-turbo", "--output", str(output)]) == 2
+    assert "is named sd-turbo" in capsys.readouterr().err
+
+
+def test_code_only_archive_holds_only_code_and_is_byte_for_byte_repeatable(tmp_path, capsys):
+    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    assert package_model.main(["--code-only", "--output", str(first)]) == 0
+    assert package_model.main(["--code-only", "--output", str(second)]) == 0
+    assert first.read_bytes() == second.read_bytes()  # same code, same key: no needless new SageMaker model
+    assert all(name.startswith("code/") for name in members(first))
+    assert "code/model_info.json" not in members(first)  # the endpoint reports the Hub id
+    assert f"modelDataKey={content_key(first, 'code')}" in capsys.readouterr().err

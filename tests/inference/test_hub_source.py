@@ -1,0 +1,216 @@
+"""SD_MODEL_SOURCE=hub, offline: a local folder stands in for the Hub behind huggingface_hub's two calls."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import boto3
+import huggingface_hub
+import pytest
+from moto import mock_aws
+
+from sd_tools.package_model import build_archive
+from sd_tools.toolkit_harness import ToolkitEndpoint
+from tests.inference.helpers import code_module, png_image, request
+
+REPO_ID = "stabilityai/sdxl-turbo"
+REVISION = "71153311d3dbb46851df1931d3ca6e939de83304"
+# What a Hub repo holds beside the diffusers folders: the single-file checkpoints and other formats.
+JUNK = (
+    "sd_xl_turbo_1.0_fp16.safetensors",
+    "sd_xl_turbo_1.0.safetensors",
+    "unet/diffusion_pytorch_model.bin",
+    "vae/diffusion_flax_model.msgpack",
+    "text_encoder/model.onnx",
+    "README.md",
+)
+
+
+@pytest.fixture
+def sd_source():
+    with code_module("sd_source") as module:
+        yield module
+
+
+class LocalHub:
+    """huggingface_hub.list_repo_files / snapshot_download over a local folder; records every download."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.downloaded: list[str] = []
+        self.tokens: list[str | None] = []
+
+    def _check(self, repo_id: str, revision: str | None) -> None:
+        if (repo_id, revision) != (REPO_ID, REVISION):
+            raise huggingface_hub.errors.RevisionNotFoundError(f"{repo_id}@{revision} is not on this stand-in Hub")
+
+    def list_repo_files(self, repo_id: str, *, revision: str | None = None, token: str | None = None, **_: object):
+        self._check(repo_id, revision)
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+
+    def snapshot_download(self, repo_id: str, *, revision=None, allow_patterns=None, local_dir=None, token=None, **_):
+        self._check(repo_id, revision)
+        self.tokens.append(token)
+        for name in self.list_repo_files(repo_id, revision=revision):
+            if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                (Path(local_dir) / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.root / name, Path(local_dir) / name)
+                self.downloaded.append(name)
+        return str(local_dir)
+
+
+@pytest.fixture
+def hub(family_dirs, tmp_path, monkeypatch) -> LocalHub:
+    repo = tmp_path / "hub" / REPO_ID
+    shutil.copytree(family_dirs["sdxl"], repo)  # the SDXL architecture, with fp16 variant files
+    for name in JUNK:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(b"not loaded")
+    stand_in = LocalHub(repo)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", stand_in.list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", stand_in.snapshot_download)
+    return stand_in
+
+
+@pytest.fixture
+def code_only_dir(tmp_path) -> Path:
+    """The hub-mode archive (package_model --code-only), extracted as SageMaker does into /opt/ml/model."""
+    archive = build_archive(None, tmp_path / "code-only.tar.gz", use_pigz=False)
+    with tarfile.open(archive, "r:gz") as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path / "opt-ml-model", filter="data")
+    assert names and all(name.startswith("code/") for name in names)
+    return tmp_path / "opt-ml-model"
+
+
+def test_hub_model_downloads_only_what_it_loads_and_serves_with_the_repo_family(
+    hub, code_only_dir, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("SD_MODEL_SOURCE", "hub")
+    monkeypatch.setenv("SD_HUB_MODEL_ID", REPO_ID)
+    monkeypatch.setenv("SD_HUB_REVISION", REVISION)
+    monkeypatch.setenv("SD_HUB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SD_HUB_TOKEN_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:123456789012:secret:hf-AbCdEf")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    with mock_aws(), caplog.at_level("DEBUG"):
+        secret = boto3.client("secretsmanager").create_secret(Name="hf", SecretString='{"token": "hf_SECRET123"}')
+        monkeypatch.setenv("SD_HUB_TOKEN_SECRET_ARN", secret["ARN"])
+        with ToolkitEndpoint(code_only_dir) as served:
+            response = request(served, {"inputs": "a fox", "parameters": {"seed": 4}}).json()
+            family = served.model.family.name
+    # Only model_index.json, the component configs/tokenizer files and ONE weight set (fp16) came down.
+    weights = sorted(name for name in hub.downloaded if name.endswith((".safetensors", ".bin")))
+    assert weights == [
+        "text_encoder/model.fp16.safetensors",
+        "text_encoder_2/model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    assert not any(name in hub.downloaded for name in JUNK)
+    assert hub.downloaded[0] == "model_index.json"
+    assert set(hub.tokens) == {"hf_SECRET123"}
+    # Our log lines and the toolkit's never show it (botocore's own DEBUG wire log is not ours to judge).
+    ours = [r.getMessage() for r in caplog.records if r.name == "sd_inference" or r.name.startswith("sagemaker")]
+    assert ours and not any("hf_SECRET123" in line for line in ours)
+    # The repo id says what model_index.json cannot: sdxl-turbo defaults (1 step, no guidance).
+    assert family == "sdxl-turbo"
+    assert response["model"] == {"name": REPO_ID, "family": "sdxl-turbo"}
+    assert response["parameters"]["num_inference_steps"] == 1 and response["parameters"]["guidance_scale"] == 0.0
+    assert png_image(response).size == (64, 64)
+
+
+def test_a_hub_download_failure_names_the_model_and_what_to_check(hub, code_only_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SD_MODEL_SOURCE", "hub")
+    monkeypatch.setenv("SD_HUB_MODEL_ID", REPO_ID)
+    monkeypatch.setenv("SD_HUB_REVISION", "main")  # not what the stand-in holds
+    monkeypatch.setenv("SD_HUB_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(Exception, match=rf"could not download {REPO_ID}@main .*check the id, the revision"):
+        ToolkitEndpoint(code_only_dir)
+
+
+@pytest.mark.parametrize(
+    ("env", "fix"),
+    [
+        ({"SD_MODEL_SOURCE": "ftp"}, "SD_MODEL_SOURCE='ftp': use s3"),
+        ({"SD_MODEL_SOURCE": "hub"}, "needs SD_HUB_MODEL_ID"),
+        ({"SD_MODEL_SOURCE": "hub", "SD_HUB_MODEL_ID": REPO_ID}, "pin stabilityai/sdxl-turbo to a commit hash"),
+    ],
+)
+def test_hub_settings_are_checked(sd_source, env, fix):
+    with pytest.raises(sd_source.ModelSourceError, match=fix):
+        sd_source.resolve_model_dir(Path("/opt/ml/model"), env)
+
+
+def test_s3_is_the_default_source_and_uses_model_dir(sd_source):
+    assert sd_source.resolve_model_dir(Path("/opt/ml/model"), {}) == (Path("/opt/ml/model"), None)
+
+
+class Secrets:
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def get_secret_value(self, SecretId: str) -> dict[str, str]:
+        return {"SecretString": self.value}
+
+
+@pytest.mark.parametrize(("stored", "token"), [("hf_raw", "hf_raw"), (json.dumps({"token": "hf_json"}), "hf_json")])
+def test_the_token_secret_holds_the_raw_token_or_json(sd_source, stored, token):
+    assert sd_source.token_from_secret(Secrets(stored), "arn:secret") == token
+
+
+def test_an_empty_token_secret_is_refused(sd_source):
+    with pytest.raises(sd_source.ModelSourceError, match="is empty"):
+        sd_source.token_from_secret(Secrets(json.dumps({"token": ""})), "arn:secret")
+
+
+def test_files_to_fetch_prefers_safetensors_default_weights_without_a_full_fp16_set(sd_source):
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "safety_checker": [None, None],
+    }
+    repo = [
+        "model_index.json",
+        "v1-5-pruned.ckpt",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.bin",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",  # no fp16 for vae: the default set is used
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.bin",
+        "text_encoder/config.json",
+        "text_encoder/model-00001-of-00002.safetensors",
+        "text_encoder/model-00002-of-00002.safetensors",
+        "text_encoder/model.safetensors.index.json",
+        "text_encoder/pytorch_model.bin",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "tokenizer/tokenizer_config.json",
+        "scheduler/scheduler_config.json",
+        "safety_checker/model.safetensors",
+    ]
+    assert sd_source.files_to_fetch(index, repo) == [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model-00001-of-00002.safetensors",
+        "text_encoder/model-00002-of-00002.safetensors",
+        "text_encoder/model.safetensors.index.json",
+        "tokenizer/merges.txt",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.bin",
+    ]
