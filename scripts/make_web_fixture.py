@@ -3,9 +3,9 @@
     .venv/bin/python scripts/make_web_fixture.py   # -> tests/fixtures/web/astronaut-mic.wav
 
 Chromium plays a file into its fake microphone only when it is PCM (16-bit here, FACTS.md "Browser"): a 24-bit
-WAV or an MP3 records silence without an error. The speech is decoded with PyAV (no ffmpeg), resampled to
-16 kHz mono (Chromium resamples it; the file stays small), given 1 s of silence before (the recorder starts a moment after the
-fake device) and 0.5 s after, and scaled to a peak of -3 dBFS so the recording is loud enough to be heard.
+WAV or an MP3 records silence without an error. The speech is decoded with PyAV (no ffmpeg), resampled to 16 kHz
+mono (Chromium resamples it; the file stays small), given 1 s of silence before (the recorder starts a moment after
+the fake device) and 0.5 s after, and scaled to a peak of -3 dBFS so the recording is loud enough to be heard.
 """
 
 from __future__ import annotations

@@ -28,7 +28,11 @@ def main() -> int:
         print(f"error: {missing}", file=sys.stderr)
         return 1
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as logs, local_site(Path(logs)) as (_, web), browser_page(width=900, height=1300) as page:
+    with (
+        tempfile.TemporaryDirectory() as logs,
+        local_site(Path(logs)) as (_, web),
+        browser_page(width=900, height=1300) as page,
+    ):
         page.goto(web.url)
         page.get_by_test_id("file").set_input_files(str(PICKED))
         page.wait_for_function(
