@@ -248,3 +248,16 @@ def test_the_api_answers_as_the_one_local_user(server: LocalWebServer) -> None:
     assert status == 200 and json.loads(body)["stage"] == "uploaded"
     listed = json.loads(send(server, "GET", "/api/uploads")[1])["uploads"]
     assert answer["id"] in [item["id"] for item in listed]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"), [(["--port", "70000"], "--port"), (["--max-seconds", "0"], "--max-seconds")]
+)
+def test_serve_says_what_is_wrong_with_its_arguments(argv: list[str], message: str) -> None:
+    import io
+
+    from local.cli import EXIT_USAGE, main
+
+    stderr = io.StringIO()
+    assert main(["serve", *argv], stdout=io.StringIO(), stderr=stderr) == EXIT_USAGE
+    assert message in stderr.getvalue()
