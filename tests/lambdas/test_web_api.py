@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -324,3 +325,48 @@ def test_history_is_newest_first_with_thumbnails(web: Any, aws: Aws) -> None:
 
 def test_an_unknown_route_is_404(web: Any) -> None:
     assert request(web, "DELETE", "/uploads")[0] in (404, 405)
+
+
+class _Recording(dict):
+    """An environment that remembers which variables were read."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self.read.add(name)
+        return super().get(name, default)
+
+
+def test_docs_api_lists_exactly_the_variables_the_handler_reads() -> None:
+    from web_api.settings import Settings
+
+    environment = _Recording(handler_environment(Handler.TRANSCRIBE_FAILED, PipelineConfig(), BUCKETS, LEDGER_TABLE))
+    Settings.from_env(environment)
+    api_md = (Path(__file__).resolve().parents[2] / "docs" / "API.md").read_text(encoding="utf-8")
+    deployment = api_md.split("## Deployment", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", deployment, flags=re.MULTILINE))
+    assert documented == environment.read
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("WEB_UPLOAD_PREFIX", "web", "must end"),
+        ("WEB_UPLOAD_PREFIX", "/web/", "must end (and not start)"),
+        ("WEB_MAX_UPLOAD_BYTES", "lots", "not a whole number"),
+        ("WEB_URL_TTL_SECONDS", "0", "at least 1"),
+        ("WEB_URL_TTL_SECONDS", str(8 * 24 * 3600), "at most"),
+        ("MEDIA_FORMATS", "mp3,aiff", "Amazon Transcribe accepts"),
+    ],
+)
+def test_bad_settings_name_the_variable(name: str, value: str, words: str) -> None:
+    from web_api.settings import Settings
+
+    from pipeline_common.settings import SettingsError
+
+    environment = handler_environment(Handler.TRANSCRIBE_FAILED, PipelineConfig(), BUCKETS, LEDGER_TABLE)
+    with pytest.raises(SettingsError, match=name) as raised:
+        Settings.from_env(environment | {name: value})
+    assert words in str(raised.value)
