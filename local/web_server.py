@@ -16,6 +16,7 @@ import email.policy
 import json
 import logging
 import mimetypes
+import sys
 import threading
 import time
 import uuid
@@ -105,6 +106,14 @@ class LocalWebServer(ThreadingHTTPServer):
         """The page's URL."""
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A browser that went away mid-answer (a closed tab, a cancelled poll) is not an error worth a traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("client %s went away: %s", client_address, error)
+            return
+        super().handle_error(request, client_address)
 
     def start(self) -> LocalWebServer:
         """Serve on a background thread."""

@@ -49,26 +49,29 @@ def local_site(log_dir: Path, *, max_recording_seconds: int = 30) -> Iterator[tu
         runtime.stop()
 
 
+def launch(playwright: Any, *, mic: Path = MIC_WAV) -> Any:
+    """Headless Chromium whose microphone plays `mic` once; microphone use is allowed without asking."""
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=[
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            # %noloop: play once (without it the file repeats).
+            f"--use-file-for-fake-audio-capture={mic}%noloop",
+        ],
+    )
+
+
 @contextmanager
 def browser_page(*, mic: Path = MIC_WAV, width: int = 1000, height: int = 900) -> Iterator[Any]:
-    """A fresh page in headless Chromium whose microphone plays `mic` once; microphone use is allowed."""
+    """A page in a browser of its own (Playwright allows one sync session per thread: not inside another)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                # %noloop: play once (without it the file repeats).
-                f"--use-file-for-fake-audio-capture={mic}%noloop",
-                "--autoplay-policy=no-user-gesture-required",
-            ],
-        )
+        browser = launch(playwright, mic=mic)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            yield page
+            yield browser.new_page(viewport={"width": width, "height": height})
         finally:
             browser.close()
 

@@ -8,6 +8,7 @@ test is skipped with the reason, so a machine without chromium can still run the
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from infra.pipeline import BucketRole
-from tests.local.browser_support import browser_page, chromium_missing, local_site, speak_into
+from tests.local.browser_support import chromium_missing, launch, local_site, speak_into
 
 pytestmark = pytest.mark.slow
 
@@ -41,13 +42,26 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
 
 
 @pytest.fixture(scope="module")
-def page(site: tuple[Any, Any]) -> Iterator[Any]:
+def playwright(site: tuple[Any, Any]) -> Iterator[Any]:
+    """One Playwright session for the module (it allows one per thread)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
+def page(site: tuple[Any, Any], playwright: Any) -> Iterator[Any]:
     """One browser page on the site for the whole module: the history builds up across the tests."""
     _, web = site
-    with browser_page() as browser:
-        browser.set_default_timeout(30_000)
-        browser.goto(web.url)
-        yield browser
+    browser = launch(playwright)
+    try:
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.set_default_timeout(30_000)
+        page.goto(web.url)
+        yield page
+    finally:
+        browser.close()
 
 
 def recorded_audio(runtime: Any) -> tuple[str, np.ndarray, int]:
@@ -57,8 +71,6 @@ def recorded_audio(runtime: Any) -> tuple[str, np.ndarray, int]:
     keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix="web/local/")["Contents"])
     key = [key for key in keys if key.endswith(".webm")][-1]
     data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    import io
-
     with av.open(io.BytesIO(data)) as container:
         rate = container.streams.audio[0].rate
         frames = [frame.to_ndarray().astype(np.float32) for frame in container.decode(audio=0)]
@@ -89,6 +101,7 @@ def test_a_spoken_recording_ends_with_its_transcript_and_picture(site: tuple[Any
     assert re.fullmatch(r"web/local/\d{8}T\d{9}Z-[0-9a-f]{8}\.webm", key)
     assert len(samples) / rate > 4.0
     rms = float(np.sqrt(np.mean(np.square(samples))))
+    print(f"recording: {len(samples) / rate:.2f} s, RMS {rms:.4f}")
     assert rms > 0.02, f"the recording is near silence (RMS {rms:.4f})"
 
 
@@ -140,3 +153,32 @@ def test_the_history_lists_every_upload_newest_first(page: Any) -> None:
     # Newest first: the non-audio file (failed), the picked file, the recording (both done).
     assert classes[:3] == ["failed", "done", "done"], classes
     assert history.locator("li.done img").count() == 2
+
+
+def test_the_recorder_stops_itself_at_the_configured_length(site: tuple[Any, Any], playwright: Any) -> None:
+    runtime, web = site
+    web.server.config.page_config["maxRecordingSeconds"] = 2
+    browser = launch(playwright)  # a fresh fake microphone, from the start of the recording
+    try:
+        page = browser.new_page()
+        page.goto(web.url)
+        assert page.locator("#max-seconds").inner_text() == "2"
+        page.get_by_test_id("record").click()
+        # Nobody presses Stop: at 2 s the recorder stops and the recording is uploaded.
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=stop]').disabled && "
+            "!document.getElementById('progress-card').hidden",
+            timeout=20_000,
+        )
+        assert page.locator("#timer").inner_text() == "0:02"
+        page.get_by_test_id("status").wait_for(state="visible")
+        _, samples, rate = recorded_audio(runtime)
+        assert 1.5 < len(samples) / rate < 3.5
+        # Let the pipeline finish it before the module's runtime stops.
+        page.wait_for_function(
+            "() => /Done|Failed/.test(document.querySelector('[data-testid=status]').textContent)",
+            timeout=RESULT_TIMEOUT_MS,
+        )
+    finally:
+        browser.close()
+        web.server.config.page_config["maxRecordingSeconds"] = 30
