@@ -52,7 +52,7 @@ def playwright(site: tuple[Any, Any]) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def page(site: tuple[Any, Any], playwright: Any) -> Iterator[Any]:
-    """One browser page on the site for the whole module: the history builds up across the tests."""
+    """One browser page on the site for the whole module: the history builds up across the tests (in file order)."""
     _, web = site
     browser = launch(playwright)
     try:
