@@ -370,3 +370,25 @@ def test_bad_settings_name_the_variable(name: str, value: str, words: str) -> No
     with pytest.raises(SettingsError, match=name) as raised:
         Settings.from_env(environment | {name: value})
     assert words in str(raised.value)
+
+
+def test_the_ledger_is_read_in_batches_of_a_hundred(aws: Aws) -> None:
+    from pipeline_common.ledger import DynamoLedger
+
+    keys = [f"web/{ALICE}/20261202T071100{index:03d}Z-0000000{index % 10}.webm" for index in range(230)]
+    for key in keys[:150]:
+        ledger_item(key, "transcribing")
+    calls: list[int] = []
+
+    def count(params: dict[str, Any], **_: Any) -> None:
+        calls.append(len(params["RequestItems"][LEDGER_TABLE]["Keys"]))
+
+    event = "before-parameter-build.dynamodb.BatchGetItem"
+    aws.dynamodb.meta.events.register(event, count)
+    try:
+        found = DynamoLedger(aws.dynamodb, LEDGER_TABLE).get_many(keys)
+    finally:
+        aws.dynamodb.meta.events.unregister(event, count)
+    assert sorted(found) == sorted(keys[:150])
+    assert {entry.stage for entry in found.values()} == {"transcribing"}
+    assert calls == [100, 100, 30]
