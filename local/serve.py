@@ -96,6 +96,7 @@ class WebFrontend:
         self.function = LocalFunction(
             handler=WebApiFunction(),  # type: ignore[arg-type]
             environment=self.environment(),
+            # The credentials and endpoints every local function gets (moto, the local SageMaker runtime).
             runtime_environment=runtime._runtime_environment("web_api.0"),
             lambdas_dir=runtime.lambdas_dir,
             log_path=runtime.log_dir / "web_api.log",

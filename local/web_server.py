@@ -169,7 +169,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
+    def _local_host(self) -> bool:
+        """Only this machine's names for the server: a page elsewhere cannot reach it by DNS rebinding."""
+        port = self.server.server_address[1]
+        if self.headers.get("Host") in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            return True
+        self._send(421, b"use http://127.0.0.1 to reach this server", "text/plain")
+        return False
+
     def do_GET(self) -> None:
+        if not self._local_host():
+            return
         path = urlsplit(self.path).path
         if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
             self._api(b"")
@@ -179,6 +189,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._static(path)
 
     def do_POST(self) -> None:
+        if not self._local_host():
+            return
         path = urlsplit(self.path).path
         if path.startswith(API_PREFIX + "/"):
             length = self._length()
@@ -192,7 +204,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._send(404, b"not found", "text/plain")
 
     def _api(self, body: bytes) -> None:
-        host = self.headers.get("Host", "127.0.0.1")
+        host = self.headers["Host"]
         response = self.server.invoke_api(api_event(self.command, self.path, dict(self.headers), body, host))
         status = int(response.get("statusCode", 500))
         payload = response.get("body") or ""
@@ -204,7 +216,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._send(status, payload.encode("utf-8"), headers.pop("Content-Type", "application/json"), headers)
 
     def _post_here(self, payload: str, host: str) -> str:
-        """Point the presigned POST at this server, which checks it as S3 would (moto would not)."""
+        """Point the presigned POST at this server, which checks it as S3 would (moto would not).
+
+        Under the name the page used (127.0.0.1 or localhost): the upload stays on the page's own origin.
+        """
         document = json.loads(payload)
         document["upload"]["url"] = f"http://{host}{UPLOAD_PREFIX}{self.server.config.input_bucket}"
         return json.dumps(document)

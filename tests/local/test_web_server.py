@@ -215,3 +215,9 @@ def test_serve_says_what_is_wrong_with_its_arguments(argv: list[str], message: s
     stderr = io.StringIO()
     assert main(["serve", *argv], stdout=io.StringIO(), stderr=stderr) == EXIT_USAGE
     assert message in stderr.getvalue()
+
+
+def test_a_request_under_another_host_name_is_refused(server: LocalWebServer) -> None:
+    # A page on another site reaching 127.0.0.1 through DNS rebinding sends its own host name.
+    status, _, _ = send(server, "GET", "/api/uploads", headers={"Host": "attacker.example:80"})
+    assert status == 421
