@@ -34,6 +34,13 @@ setup: $(BIN)/.installed node_modules/.installed ## Install Python and Node depe
 demo: setup ## Run the whole pipeline locally on the bundled sample recording
 	$(BIN)/python -m local run $(SAMPLE)
 
+.PHONY: serve screenshot
+serve: setup ## The web page over the local pipeline on http://127.0.0.1:8080 (PORT=... to change)
+	$(BIN)/python -m local serve --port $(or $(PORT),8080)
+
+screenshot: setup ## Regenerate docs/web.png (the page in headless Chromium after a spoken recording)
+	$(BIN)/python scripts/web_screenshot.py
+
 test: setup lint pytest synth cfn-lint checkov ## Lint, unit + integration tests, CDK synth, cfn-lint and checkov
 
 lint: setup ## ruff lint and format check

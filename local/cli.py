@@ -1,4 +1,4 @@
-"""`python -m local run FILE...`: the whole pipeline on this machine, no AWS account needed.
+"""`python -m local run FILE...`: the whole pipeline on this machine, no AWS account needed (`serve`: local/serve.py).
 
 Each FILE is uploaded to the local input bucket; the real handlers, a local Amazon Transcribe and a
 local SageMaker endpoint turn it into an image set (or an error record), which is copied to --out with
@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     output = run.add_mutually_exclusive_group()
     output.add_argument("--quiet", action="store_true", help="print only the paths of the results")
     output.add_argument("--json", action="store_true", help="print one JSON document with every result")
+    from local.serve import add_parser as add_serve_parser
+
+    add_serve_parser(commands)
     return parser
 
 
@@ -117,6 +120,10 @@ def main(
     except SystemExit as exit_:
         return int(exit_.code or 0)
     try:
+        if args.command == "serve":
+            from local.serve import serve
+
+            return serve(args, stdout=stdout, stderr=stderr)
         return run(args, runtime=runtime, stdout=stdout, stderr=stderr)
     except UsageError as error:
         print(f"error: {error}", file=stderr)

@@ -158,6 +158,22 @@ class DynamoLedger:
         item = self.client.get_item(TableName=self.table, Key={PARTITION_KEY: _s(key)}, ConsistentRead=True).get("Item")
         return _from_item(item) if item else None
 
+    def get_many(self, keys: list[str]) -> dict[str, Entry]:
+        """The entries of `keys` that the ledger has (BatchGetItem, 100 keys a request), by key."""
+        found: dict[str, Entry] = {}
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {
+                self.table: {"Keys": [{PARTITION_KEY: _s(key)} for key in dict.fromkeys(keys[start : start + 100])]}
+            }
+            # DynamoDB may leave keys unprocessed under load; they come back to be asked for again.
+            while request:
+                response = self.client.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self.table, []):
+                    entry = _from_item(item)
+                    found[entry.key] = entry
+                request = response.get("UnprocessedKeys") or {}
+        return found
+
     def claim(self, upload: Upload, now: str) -> Claim:
         """Make `upload` the key's current upload unless the ledger already has it or a later one."""
         try:
