@@ -13,6 +13,7 @@ export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 SAMPLE ?= examples/astronaut-riding-a-horse.mp3
 
+.PHONY: deploy-web destroy-web add-user generate
 .PHONY: help setup demo test lint format pytest synth cfn-lint bench load bootstrap deploy-infra upload-model deploy-endpoint destroy-endpoint replay destroy clean
 
 help: ## List the targets
@@ -81,6 +82,20 @@ destroy-endpoint: setup ## Remove only the GPU endpoint (stops the hourly cost, 
 
 replay: setup ## Send the events in the dead-letter queues through the pipeline again (after fixing the cause)
 	$(BIN)/python -m ops.replay_dead_letters $(REPLAY_ARGS)
+
+deploy-web: setup ## Deploy the web page, its sign-in and API (WebStack, after InfraStack; needs AWS credentials)
+	npx cdk deploy WebStack
+
+destroy-web: setup ## Remove only the web app (WebStack); the pipeline and its results stay
+	npx cdk destroy --exclusively --force WebStack
+
+add-user: setup ## Invite a person to the web app: make add-user EMAIL=someone@example.com [ADD_USER_ARGS=--resend]
+	@test -n "$(EMAIL)" || { echo "usage: make add-user EMAIL=someone@example.com"; exit 2; }
+	$(BIN)/python -m ops.add_user "$(EMAIL)" $(ADD_USER_ARGS)
+
+generate: setup ## Speech to picture on the deployed stack: make generate FILE=speech.mp3 [GENERATE_ARGS="--out DIR"]
+	@test -n "$(FILE)" || { echo "usage: make generate FILE=path/to/speech.mp3"; exit 2; }
+	$(BIN)/python -m ops.generate $(FILE) $(GENERATE_ARGS)
 
 destroy: setup ## Remove everything (buckets are emptied when removal=destroy)
 	npx cdk destroy --force --all

@@ -28,6 +28,8 @@ DEFAULT_AUTH_DOMAIN_STEM = "speech-to-image-"
 SITE_CONFIG_KEYS = ("apiUrl", "region", "auth", "maxRecordingSeconds", "maxUploadBytes")
 AUTH_CONFIG_KEYS = ("domain", "clientId", "redirectUri", "scopes")
 AUTH_SCOPES = ("openid", "email")
+# How long the temporary password in an invitation (`make add-user`) stays valid.
+TEMPORARY_PASSWORD_DAYS = 7
 
 
 @dataclass(frozen=True)

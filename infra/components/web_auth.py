@@ -7,12 +7,11 @@ from aws_cdk import aws_cognito as cognito
 from constructs import Construct
 
 from infra.nag import acknowledge
-from infra.web_config import AUTH_SCOPES, DEFAULT_AUTH_DOMAIN_STEM, WebConfig
+from infra.web_config import AUTH_SCOPES, DEFAULT_AUTH_DOMAIN_STEM, TEMPORARY_PASSWORD_DAYS, WebConfig
 
 # Sessions: an hour per token, a week before the person signs in again.
 TOKEN_VALIDITY = Duration.hours(1)
 REFRESH_TOKEN_VALIDITY = Duration.days(7)
-TEMPORARY_PASSWORD_DAYS = 7
 
 
 class WebAuth(Construct):
