@@ -149,10 +149,8 @@ class WebApi(Construct):
 
     @property
     def url(self) -> str:
-        """The API's base URL (https://<id>.execute-api.<region>.amazonaws.com/)."""
-        url = self.stage.url
-        assert url is not None
-        return url
+        """The base URL of the $default stage, no trailing slash: https://<id>.execute-api.<region>.amazonaws.com."""
+        return self.api.api_endpoint
 
     def _grant(self, pipeline: PipelineResources) -> None:
         """Presign uploads into web/ only; read only web results and web ledger items."""
@@ -176,7 +174,7 @@ class WebApi(Construct):
             # Ledger items are keyed by upload key: only those of web uploads may be read.
             iam.PolicyStatement(
                 sid="ReadLedger",
-                actions=["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"],
+                actions=["dynamodb:GetItem", "dynamodb:BatchGetItem"],
                 resources=[pipeline.ledger_table_arn],
                 conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{WEB_UPLOAD_PREFIX}*"]}},
             ),

@@ -79,6 +79,8 @@ def test_the_handler_environment_names_buckets_table_and_limits() -> None:
         "LEDGER_TABLE": "ledger",
         "IMAGE_PREFIX": "images/",
         "ERROR_PREFIX": "errors/",
+        "JOB_NAME_PREFIX": "s2i-",
+        "METRICS_NAMESPACE": "SpeechToImage",
         "WEB_UPLOAD_PREFIX": "web/",
         "WEB_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
         "WEB_MAX_RECORDING_SECONDS": "60",
