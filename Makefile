@@ -48,7 +48,7 @@ format: setup ## Apply ruff fixes and formatting
 pytest: setup ## The pytest suite (no network, no AWS account)
 	$(BIN)/pytest
 
-synth: setup ## cdk synth of both stacks in both endpoint modes, with the CDK's built-in CloudFormation validation
+synth: setup ## cdk synth of all three stacks in both endpoint modes, with the CDK's built-in CloudFormation validation
 	npx cdk synth --quiet
 	npx cdk synth --quiet -c endpointMode=realtime --output cdk.out.realtime
 
