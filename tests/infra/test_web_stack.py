@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,18 @@ def test_no_unacknowledged_nag_findings_and_no_cfn_lint_errors(fixture: str, req
     matches = lint((result.assembly_dir / "WebStack.template.json").read_text(), regions=[REGION])
     assert [f"{m.rule.id}: {m.message}" for m in matches if m.rule.severity == "error"] == []
     assert {m.rule.id for m in matches if m.rule.severity == "warning"} <= {"W3005"}
+
+
+def test_every_web_acknowledgment_has_a_reviewable_reason(web: WebSynth) -> None:
+    reasons = [
+        entry.data
+        for construct in web.web.node.find_all()
+        for entry in construct.node.metadata
+        if "acknowledg" in entry.type.lower()
+    ]
+    assert len(reasons) >= 10, "CloudFront, Cognito, the API role and the CDK's deploy-time functions"
+    for data in reasons:
+        assert len(json.dumps(data)) > 80, f"acknowledgment without a real reason: {data}"
 
 
 def test_a_missing_page_fails_synth_with_its_path(tmp_path: Path) -> None:
