@@ -183,7 +183,13 @@ def _report(uploads: list[Upload], index: Path, timed_out: float | None, stdout:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ops.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ops.generate",
+        description="Speech to picture on the deployed pipeline: upload each FILE to the input bucket, show its "
+        "stages as the pipeline works, and save its image set (or error record) in --out with a gallery.",
+        epilog="exit status: 0 every file produced an image, 1 any error or --timeout, 2 usage problem "
+        "(files, credentials, region, stack).",
+    )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio recordings (mp3, wav, ...)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="results folder (default: ./out)")
     parser.add_argument("--stack", default=DEFAULT_STACK, help="the pipeline stack (default: %(default)s)")
