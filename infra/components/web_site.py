@@ -156,7 +156,8 @@ class WebSite(Construct):
             self,
             "Deployment",
             sources=[
-                s3_deployment.Source.asset(str(self.site_dir)),
+                # A config.json for local use in the folder must not shadow the generated one.
+                s3_deployment.Source.asset(str(self.site_dir), exclude=["config.json"]),
                 # Deploy-time values (API URL, user pool client): the page reads them at start.
                 s3_deployment.Source.json_data("config.json", dict(config_json)),
             ],
