@@ -13,7 +13,8 @@ export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 
 SAMPLE ?= examples/astronaut-riding-a-horse.mp3
 
-.PHONY: help setup demo test lint format pytest synth cfn-lint bench load bootstrap deploy-infra upload-model deploy-endpoint destroy-endpoint replay destroy clean preflight checkov
+.PHONY: help setup demo serve screenshot test lint format pytest synth cfn-lint checkov bench load bootstrap preflight
+.PHONY: deploy-infra upload-model deploy-endpoint destroy-endpoint deploy-web destroy-web add-user generate replay destroy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,7 +35,6 @@ setup: $(BIN)/.installed node_modules/.installed ## Install Python and Node depe
 demo: setup ## Run the whole pipeline locally on the bundled sample recording
 	$(BIN)/python -m local run $(SAMPLE)
 
-.PHONY: serve screenshot
 serve: setup ## The web page over the local pipeline on http://127.0.0.1:8080 (PORT=... to change)
 	$(BIN)/python -m local serve --port $(or $(PORT),8080)
 
@@ -54,7 +54,7 @@ format: setup ## Apply ruff fixes and formatting
 pytest: setup ## The pytest suite (no network, no AWS account)
 	$(BIN)/pytest
 
-synth: setup ## cdk synth of both stacks in both endpoint modes, with the CDK's built-in CloudFormation validation
+synth: setup ## cdk synth of all three stacks in both endpoint modes, with the CDK's built-in CloudFormation validation
 	npx cdk synth --quiet
 	npx cdk synth --quiet -c endpointMode=realtime --output cdk.out.realtime
 
@@ -107,6 +107,20 @@ destroy-endpoint: setup ## Remove only the GPU endpoint (stops the hourly cost, 
 
 replay: setup ## Send the events in the dead-letter queues through the pipeline again (after fixing the cause)
 	$(BIN)/python -m ops.replay_dead_letters $(REPLAY_ARGS)
+
+deploy-web: setup ## Deploy the web page, its sign-in and API (WebStack, after InfraStack; needs AWS credentials)
+	npx cdk deploy WebStack
+
+destroy-web: setup ## Remove only the web app (WebStack); the pipeline and its results stay
+	npx cdk destroy --exclusively --force WebStack
+
+add-user: setup ## Invite a person to the web app: make add-user EMAIL=someone@example.com [ADD_USER_ARGS=--resend]
+	@test -n "$(EMAIL)" || { echo "usage: make add-user EMAIL=someone@example.com"; exit 2; }
+	$(BIN)/python -m ops.add_user "$(EMAIL)" $(ADD_USER_ARGS)
+
+generate: setup ## Speech to picture on the deployed stack: make generate FILE=speech.mp3 [GENERATE_ARGS="--out DIR"]
+	@test -n "$(FILE)" || { echo "usage: make generate FILE=path/to/speech.mp3"; exit 2; }
+	$(BIN)/python -m ops.generate $(FILE) $(GENERATE_ARGS)
 
 destroy: setup ## Remove everything (buckets are emptied when removal=destroy)
 	npx cdk destroy --force --all

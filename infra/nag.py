@@ -37,4 +37,7 @@ def render_intrinsic(value: Any) -> str:
             return f"<{argument}>"
         if function == "Fn::ImportValue" and isinstance(argument, str):
             return argument
+        if function == "Fn::Sub" and isinstance(argument, str):
+            # cdk-nag writes `${AWS::AccountId}` as `<AWS::AccountId>` (the CDK asset bucket of an env-agnostic app).
+            return argument.replace("${", "<").replace("}", ">")
     raise ValueError(f"cannot render {value!r} as a cdk-nag resource name")

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from infra.config import ConfigError, ImageParameters, PipelineConfig
+from infra.web_config import WebConfig
 
 from .conftest import CDK_CONTEXT, REPO
 
@@ -108,6 +109,7 @@ def test_every_cdk_json_setting_is_read() -> None:
         return CDK_CONTEXT.get(key)
 
     PipelineConfig.from_context(get)
+    WebConfig.from_context(get, PipelineConfig())  # the web* keys (infra/web_config.py)
     settings = {key for key in CDK_CONTEXT if not key.startswith("@")}
     assert settings <= set(asked), f"cdk.json keys nobody reads: {settings - set(asked)}"
 

@@ -9,7 +9,10 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
-from ops.replay_dead_letters import StackNotFoundError, StageQueues, lambda_invoker, parse_dead_letter, stack_queues
+from ops.dead_letters import parse_dead_letter
+from ops.queues import StageQueues, stack_queues
+from ops.replay import lambda_invoker
+from ops.stack import StackNotFoundError
 from tests.ops.support import (
     INVOKE_SD_ARN,
     OTHER_OUTPUTS,
