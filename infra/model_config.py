@@ -51,6 +51,29 @@ class ModelSource:
         return self.source == HUB
 
 
+def container_environment(
+    model: ModelSource, *, instance_type: str, time_limit_seconds: int, token_secret_arn: str | None = None
+) -> dict[str, str]:
+    """The SD_* variables model_fn reads: where the model comes from, the instance and the request time limit.
+
+    The deployed endpoint (infra/components/sd_endpoint.py) and local mode's endpoint both run with these.
+    """
+    environment = {
+        "SD_MODEL_SOURCE": model.source,
+        "SD_INSTANCE_TYPE": instance_type,
+        "SD_TIME_LIMIT_SECONDS": str(time_limit_seconds),
+    }
+    if not model.is_hub:
+        # Everything the model needs is in the archive; never reach for the Hub.
+        return environment | {"HF_HUB_OFFLINE": "1"}
+    # Never HF_MODEL_ID: the toolkit would download the whole repository (every variant and checkpoint) before
+    # model_fn runs; model_fn downloads only the files it loads.
+    environment |= {"SD_HUB_MODEL_ID": str(model.hf_model_id), "SD_HUB_REVISION": str(model.hf_model_revision)}
+    if token_secret_arn is not None:
+        environment["SD_HUB_TOKEN_SECRET_ARN"] = token_secret_arn
+    return environment
+
+
 def time_limit_seconds(is_async: bool) -> int:
     """The longest one request may run on the endpoint in this mode (its work budget is sized to it)."""
     return ASYNC_TIME_LIMIT_S if is_async else REALTIME_TIME_LIMIT_S

@@ -19,6 +19,7 @@ from constructs import Construct
 from infra.components.endpoint_metrics import VARIANT_NAME
 from infra.components.stage_function import retention_days
 from infra.config import ConfigError, PipelineConfig
+from infra.model_config import container_environment
 from infra.nag import acknowledge, render_intrinsic
 from infra.pipeline import ASYNC_FAILURE_PREFIX, ASYNC_OUTPUT_PREFIX, ASYNC_REQUEST_PREFIX
 
@@ -143,7 +144,12 @@ class StableDiffusionEndpoint(Construct):
                     "SAGEMAKER_REGION": stack.region,
                     # One worker: one copy of the model fits the T4's 16 GB; one per vCPU would not.
                     "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
-                    **model_environment(config, token_secret_arn),
+                    **container_environment(
+                        config.model,
+                        instance_type=config.instance_type,
+                        time_limit_seconds=config.time_limit_seconds,
+                        token_secret_arn=token_secret_arn,
+                    ),
                 },
             ),
             # No network for a model that comes whole in the archive; the hub source must reach the Hub.
@@ -252,27 +258,6 @@ class StableDiffusionEndpoint(Construct):
     def metric_model_latency(self, period: Duration) -> cloudwatch.Metric:
         """The slowest model response in the period, in MICROseconds (SageMaker's unit for ModelLatency)."""
         return self.metric("ModelLatency", statistic="Maximum", period=period)
-
-
-def model_environment(config: PipelineConfig, token_secret_arn: str | None) -> dict[str, str]:
-    """The SD_* variables model_fn reads: where the model comes from, the instance and the request time limit."""
-    environment = {
-        "SD_MODEL_SOURCE": config.model.source,
-        "SD_INSTANCE_TYPE": config.instance_type,
-        "SD_TIME_LIMIT_SECONDS": str(config.time_limit_seconds),
-    }
-    if not config.model.is_hub:
-        # Everything the model needs is in the archive; never reach for the Hub.
-        return environment | {"HF_HUB_OFFLINE": "1"}
-    # Never HF_MODEL_ID: the toolkit would download the whole repository (every variant and checkpoint) before
-    # model_fn runs; model_fn downloads only the files it loads.
-    environment |= {
-        "SD_HUB_MODEL_ID": str(config.model.hf_model_id),
-        "SD_HUB_REVISION": str(config.model.hf_model_revision),
-    }
-    if token_secret_arn is not None:
-        environment["SD_HUB_TOKEN_SECRET_ARN"] = token_secret_arn
-    return environment
 
 
 def _async_config(target: AsyncInference) -> sagemaker.CfnEndpointConfig.AsyncInferenceConfigProperty:
