@@ -27,9 +27,9 @@ EXIT_USAGE = 2
 DEFAULT_TIMEOUT_S = 600.0
 TINY_MODEL_NOTE = (
     "Using the tiny random-weight test model: its images are abstract noise ({size}x{size}, {steps} steps). "
-    "For real pictures pass a diffusers Stable Diffusion v1.x folder, e.g.\n"
-    "  huggingface-cli download CompVis/stable-diffusion-v1-4 --local-dir models/sd-v1-4\n"
-    "  python -m local run FILE --model-dir models/sd-v1-4"
+    "For real pictures pass a Hugging Face Hub model (downloaded once into .cache/hub) or a diffusers folder, e.g.\n"
+    "  python -m local run FILE --model stabilityai/sd-turbo\n"
+    "  python -m local run FILE --model models/sd-v1-4"
 )
 
 
@@ -48,11 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio recordings (mp3, wav, flac, ogg, ...)")
     run.add_argument("--out", type=Path, default=Path("out"), help="results folder (default: ./out)")
-    run.add_argument(
-        "--model-dir",
-        type=Path,
-        help="a diffusers Stable Diffusion v1.x folder (default: a tiny random-weight test model)",
+    model = run.add_mutually_exclusive_group()
+    model.add_argument(
+        "--model",
+        metavar="PATH|ORG/NAME[@REVISION]",
+        help="a diffusers pipeline folder, or a Hugging Face Hub model the endpoint downloads into .cache/hub "
+        "(SD 1.x/2.x, SDXL, SD-Turbo, SDXL-Turbo; default: a tiny random-weight test model)",
     )
+    model.add_argument("--model-dir", type=Path, help="a diffusers pipeline folder (the same as --model PATH)")
     run.add_argument(
         "--asr-model",
         metavar="NAME|PATH",
@@ -133,7 +136,7 @@ def check_files(files: Sequence[Path]) -> list[Path]:
 
 def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr: TextIO) -> int:
     """Start (or reuse) the runtime, process every file, write the results folder and report."""
-    from local.runtime import LocalRuntime, load_config, local_config, model_folder, tiny_model
+    from local.runtime import LocalRuntime, load_config, local_config
 
     progress = ProgressPrinter(stderr, enabled=not args.quiet)
     if args.timeout <= 0:
@@ -152,10 +155,7 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
             raise UsageError("--cold-start must be zero or more seconds")
         if args.cold_start and not config.is_async:
             raise UsageError("--cold-start needs the async endpoint (a real-time endpoint is always up)")
-        try:
-            model = model_folder(args.model_dir) if args.model_dir is not None else tiny_model()
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+        model = _choose_model(args)
         try:
             config = local_config(_with_image_overrides(config, args), model, size=args.size, steps=args.steps)
         except ConfigError as error:
@@ -167,11 +167,12 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
         )
     else:
         if any(
-            value is not None for value in (args.model_dir, args.size, args.steps, args.asr_model, args.endpoint_mode)
+            value is not None
+            for value in (args.model, args.model_dir, args.size, args.steps, args.asr_model, args.endpoint_mode)
         ):
             raise UsageError(
-                "--model-dir, --asr-model, --size, --steps and --endpoint-mode cannot change a runtime that is "
-                "already running"
+                "--model, --model-dir, --asr-model, --size, --steps and --endpoint-mode cannot change a runtime "
+                "that is already running"
             )
         files = check_files(args.files)
         out.mkdir(parents=True, exist_ok=True)
@@ -257,6 +258,20 @@ def _transcriber_factory(asr_model: str | None, log_path: Path, *, quiet: bool =
     return lambda: RemoteTranscriber(path, log_path=log_path)
 
 
+def _choose_model(args: argparse.Namespace) -> Any:
+    """The model the local endpoint serves: --model (a folder or a Hub id), --model-dir, or the tiny test model."""
+    from local.runtime import choose_model, model_folder, tiny_model
+
+    try:
+        if args.model is not None:
+            return choose_model(args.model)
+        return model_folder(args.model_dir) if args.model_dir is not None else tiny_model()
+    except ValueError as error:  # ModelSourceError too: a Hub model that cannot be resolved or reached
+        flag = "--model" if args.model is not None else "--model-dir"
+        message = str(error)
+        raise UsageError(message if message.startswith("--model") else f"{flag} {message}") from None
+
+
 def _with_image_overrides(config: Any, args: argparse.Namespace) -> Any:
     """Check --size/--steps with the configuration's own rules (as if they were in cdk.json)."""
     if args.size is None and args.steps is None:
@@ -276,17 +291,30 @@ def _describe_model(runtime: Any, stderr: TextIO) -> None:
     if runtime.model is not None and runtime.model.tiny:
         print(TINY_MODEL_NOTE.format(size=image.width, steps=image.num_inference_steps), file=stderr)
         return
+    if runtime.model is not None and runtime.model.hub_id is not None:
+        print(
+            f"Serving {runtime.model.label}: the endpoint downloads the files it loads on first use "
+            "(progress bars below), later runs read the cache.",
+            file=stderr,
+        )
     try:
         import torch
 
         gpu = torch.cuda.is_available()
     except ImportError:
         gpu = False
-    # Beyond a quick look (256x256, 10 steps) a CPU needs minutes per image.
-    if not gpu and image.width * image.height * image.num_inference_steps > 256 * 256 * 10:
+    if gpu:
+        return
+    # Beyond a quick look (256x256, 10 steps) a CPU needs minutes per image; unset values are the family's own.
+    configured = (image.width, image.height, image.num_inference_steps)
+    if None in configured or image.width * image.height * image.num_inference_steps > 256 * 256 * 10:
+        what = (
+            f"{image.width}x{image.height} with {image.num_inference_steps} steps"
+            if None not in configured
+            else "the model family's default size and steps"
+        )
         print(
-            f"No GPU: generating {image.width}x{image.height} with {image.num_inference_steps} steps on the CPU "
-            "can take minutes, longer than invoke_sd's 70 s endpoint read timeout "
-            "(SageMaker's real-time limit is 60 s). For a quick look try --size 256 --steps 10.",
+            f"No GPU: generating {what} on the CPU can take minutes, longer than invoke_sd's 70 s endpoint "
+            "read timeout (SageMaker's real-time limit is 60 s). For a quick look try --size 256 --steps 10.",
             file=stderr,
         )

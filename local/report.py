@@ -85,7 +85,9 @@ def print_report(
             "startup_s": round(runtime.startup_s, 3),
             "elapsed_s": round(elapsed, 3),
             "model": {
-                "path": str(runtime.model.path) if runtime.model else None,
+                "path": str(runtime.model.path) if runtime.model and runtime.model.path else None,
+                "hub_id": runtime.model.hub_id if runtime.model else None,
+                "hub_revision": runtime.model.hub_revision if runtime.model else None,
                 "tiny": bool(runtime.model and runtime.model.tiny),
                 "image_parameters": runtime.config.image.as_dict(),
             },

@@ -81,7 +81,8 @@ class ToolkitEndpoint:
         from sagemaker_huggingface_inference_toolkit.handler_service import HuggingFaceHandlerService
 
         model_dir = Path(model_dir).resolve()
-        if not (model_dir / "model_index.json").is_file():
+        # A code-only archive's layout (modelSource=hub: model_fn downloads the model) holds just code/.
+        if not (model_dir / "model_index.json").is_file() and not (model_dir / "code" / "inference.py").is_file():
             raise FileNotFoundError(f"{model_dir} has no model_index.json: pass a diffusers model folder")
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if code_dir is None and (model_dir / "code" / "inference.py").is_file():
