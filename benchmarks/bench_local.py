@@ -99,7 +99,8 @@ def main() -> int:
     image = config.image
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     what = "tiny random-weight test model" if model.tiny else str(model.path)
-    print(f"model: {what}, {image.width}x{image.height}, {image.num_inference_steps} steps")
+    # Parameters left unset in cdk.json are the model family's own defaults, applied by the endpoint.
+    print(f"model: {what}, image parameters {image.as_dict() or 'of the model family (defaults)'}")
 
     with tempfile.TemporaryDirectory(prefix="bench-local-") as scratch:
         work = Path(scratch)

@@ -13,6 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from infra.config_error import ConfigError
+from infra.model_config import ModelSource, model_source_from_context, time_limit_seconds
+
 # Formats Amazon Transcribe accepts for batch jobs (its MediaFormat enum).
 TRANSCRIBE_MEDIA_FORMATS = ("mp3", "mp4", "m4a", "wav", "flac", "ogg", "webm", "amr")
 # Amazon Transcribe's own limit for batch jobs is 2 GB.
@@ -52,30 +55,25 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 IMAGE_PARAMETER_KEYS = ("num_inference_steps", "guidance_scale", "height", "width", "seed", "negative_prompt")
 
 
-class ConfigError(ValueError):
-    """A context value is missing or invalid; the message names the key and the fix."""
-
-
 @dataclass(frozen=True)
 class ImageParameters:
-    """Stable Diffusion request parameters sent with every prompt."""
+    """Stable Diffusion request parameters sent with every prompt: only those configured.
 
-    num_inference_steps: int = 25
-    guidance_scale: float = 7.5
-    height: int = 512
-    width: int = 512
+    An unset one (None) is left out of the request, so the endpoint applies the model family's default
+    (native size, steps and guidance; docs/MODELS.md): SDXL draws 1024x1024, SD-Turbo 1 step at guidance 0.
+    """
+
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    height: int | None = None
+    width: int | None = None
     # None: each upload gets a seed derived from its key, so a repeat gives the same image.
     seed: int | None = None
     negative_prompt: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        """Parameters as the endpoint's `parameters` object (unset seed omitted)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        if data["seed"] is None:
-            del data["seed"]
-        if not data["negative_prompt"]:
-            del data["negative_prompt"]
-        return data
+        """Parameters as the endpoint's `parameters` object: the configured ones only."""
+        return {f.name: value for f in fields(self) if (value := getattr(self, f.name)) not in (None, "")}
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,11 @@ class PipelineConfig:
     # A physical name on purpose: InfraStack grants InvokeEndpoint on it and the
     # endpoint stack can be destroyed and redeployed alone under the same name.
     endpoint_name: str = "speech-to-image-sd"
+    # The archive the endpoint's SageMaker model loads (`make upload-model` prints its content-hash key); with
+    # modelSource=hub it holds only code/. A new key is a new SageMaker model, never a swap under a running one.
     model_data_key: str = "models/stable-diffusion-v1-4/model.tar.gz"
+    # modelSource=s3 (the archive holds the model) or hub (hfModelId at hfModelRevision, downloaded at start-up).
+    model: ModelSource = field(default_factory=ModelSource)
     removal: str = "destroy"
     log_retention_days: int = 14
     media_formats: tuple[str, ...] = TRANSCRIBE_MEDIA_FORMATS
@@ -141,6 +143,11 @@ class PipelineConfig:
         return 0 if self.is_async else 1
 
     @property
+    def time_limit_seconds(self) -> int:
+        """How long one request may run on the endpoint: 60 s real-time, the async InvocationTimeoutSeconds."""
+        return time_limit_seconds(self.is_async)
+
+    @property
     def max_media_bytes(self) -> int:
         """The size limit for uploads, in bytes."""
         return self.max_media_mb * 1024 * 1024
@@ -152,28 +159,18 @@ class PipelineConfig:
         Values may be JSON types (cdk.json) or strings (`cdk -c key=value`).
         """
         default = cls()
-        image_default = ImageParameters()
         image_ctx = _as_mapping(get("imageParameters"), "imageParameters")
         unknown = set(image_ctx) - set(IMAGE_PARAMETER_KEYS)
         if unknown:
             raise ConfigError(f"imageParameters: unknown keys {sorted(unknown)}; allowed: {list(IMAGE_PARAMETER_KEYS)}")
+        # Unset keys stay None: the endpoint fills in the model family's defaults.
         image = ImageParameters(
             num_inference_steps=_int(
-                image_ctx.get("num_inference_steps"),
-                "imageParameters.num_inference_steps",
-                image_default.num_inference_steps,
-                1,
-                150,
+                image_ctx.get("num_inference_steps"), "imageParameters.num_inference_steps", None, 1, 150
             ),
-            guidance_scale=_float(
-                image_ctx.get("guidance_scale"),
-                "imageParameters.guidance_scale",
-                image_default.guidance_scale,
-                0.0,
-                30.0,
-            ),
-            height=_size(image_ctx.get("height"), "imageParameters.height", image_default.height),
-            width=_size(image_ctx.get("width"), "imageParameters.width", image_default.width),
+            guidance_scale=_float(image_ctx.get("guidance_scale"), "imageParameters.guidance_scale", None, 0.0, 30.0),
+            height=_size(image_ctx.get("height"), "imageParameters.height"),
+            width=_size(image_ctx.get("width"), "imageParameters.width"),
             seed=_optional_int(image_ctx.get("seed"), "imageParameters.seed", None, 0, 2**32 - 1),
             negative_prompt=str(image_ctx.get("negative_prompt") or ""),
         )
@@ -201,6 +198,7 @@ class PipelineConfig:
                 re.compile(r"^[\w./-]+\.tar\.gz$"),
                 "an S3 key ending in .tar.gz",
             ),
+            model=model_source_from_context(get),
             removal=_choice(get("removal"), "removal", default.removal, ("destroy", "retain")),
             log_retention_days=_choice(
                 _int(get("logRetentionDays"), "logRetentionDays", default.log_retention_days, 1, 3653),
@@ -277,7 +275,7 @@ def _choice(value: Any, key: str, default: Any, allowed: tuple[Any, ...]) -> Any
     return value
 
 
-def _int(value: Any, key: str, default: int, low: int, high: int) -> int:
+def _int(value: Any, key: str, default: Any, low: int, high: int) -> Any:
     if _missing(value):
         return default
     # `True` is an int to Python but never a count: refuse it like any other non-number.
@@ -310,7 +308,7 @@ def _concurrency(value: Any, key: str, default: int) -> int:
     return _int(value, key, default, 2, 1000)
 
 
-def _float(value: Any, key: str, default: float, low: float, high: float) -> float:
+def _float(value: Any, key: str, default: Any, low: float, high: float) -> Any:
     if _missing(value):
         return default
     try:
@@ -322,9 +320,9 @@ def _float(value: Any, key: str, default: float, low: float, high: float) -> flo
     return number
 
 
-def _size(value: Any, key: str, default: int) -> int:
-    number = _int(value, key, default, 64, 1024)
-    if number % 8:
+def _size(value: Any, key: str) -> int | None:
+    number = _int(value, key, None, 64, 1024)
+    if number is not None and number % 8:
         raise ConfigError(
             f"context '{key}'={number} must be a multiple of 8 (Stable Diffusion works in 8-pixel latents)"
         )

@@ -238,5 +238,7 @@ def handler_environment(
             "TRANSCRIPT_BUCKET": buckets[BucketRole.TRANSCRIPTS],
             "ASYNC_REQUEST_PREFIX": ASYNC_REQUEST_PREFIX,
             "REQUEST_TTL_SECONDS": str(config.request_ttl_minutes * 60),
+            # The same limit the endpoint's model_fn budgets its work against (SD_TIME_LIMIT_SECONDS).
+            "INVOCATION_TIMEOUT_SECONDS": str(config.time_limit_seconds),
         }
     )

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import sys
 import threading
 import time
@@ -21,28 +19,17 @@ from typing import Any, TextIO
 
 from infra.config import ConfigError
 from local import gallery
+from local.report import print_report, save_result
 
 EXIT_OK = 0
 EXIT_ERRORS = 1
 EXIT_USAGE = 2
 DEFAULT_TIMEOUT_S = 600.0
-# The order stages happen in, with the words a person reads.
-STAGE_LABELS = (
-    ("upload", "upload"),
-    ("to_transcribe", "to Transcribe"),
-    ("fetch_media", "fetch"),
-    ("decode", "decode"),
-    ("asr", "ASR"),
-    ("transcript_to_endpoint", "transcript->endpoint"),
-    ("waiting", "waiting for the GPU"),
-    ("generation", "generation"),
-    ("writes", "writes"),
-)
 TINY_MODEL_NOTE = (
     "Using the tiny random-weight test model: its images are abstract noise ({size}x{size}, {steps} steps). "
-    "For real pictures pass a diffusers Stable Diffusion v1.x folder, e.g.\n"
-    "  huggingface-cli download CompVis/stable-diffusion-v1-4 --local-dir models/sd-v1-4\n"
-    "  python -m local run FILE --model-dir models/sd-v1-4"
+    "For real pictures pass a Hugging Face Hub model (downloaded once into .cache/hub) or a diffusers folder, e.g.\n"
+    "  python -m local run FILE --model stabilityai/sd-turbo\n"
+    "  python -m local run FILE --model models/sd-v1-4"
 )
 
 
@@ -61,11 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio recordings (mp3, wav, flac, ogg, ...)")
     run.add_argument("--out", type=Path, default=Path("out"), help="results folder (default: ./out)")
-    run.add_argument(
-        "--model-dir",
-        type=Path,
-        help="a diffusers Stable Diffusion v1.x folder (default: a tiny random-weight test model)",
+    model = run.add_mutually_exclusive_group()
+    model.add_argument(
+        "--model",
+        metavar="PATH|ORG/NAME[@REVISION]",
+        help="a diffusers pipeline folder, or a Hugging Face Hub model the endpoint downloads into .cache/hub "
+        "(SD 1.x/2.x, SDXL, SD-Turbo, SDXL-Turbo; default: a tiny random-weight test model)",
     )
+    model.add_argument("--model-dir", type=Path, help="a diffusers pipeline folder (the same as --model PATH)")
     run.add_argument(
         "--asr-model",
         metavar="NAME|PATH",
@@ -153,7 +143,7 @@ def check_files(files: Sequence[Path]) -> list[Path]:
 
 def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr: TextIO) -> int:
     """Start (or reuse) the runtime, process every file, write the results folder and report."""
-    from local.runtime import LocalRuntime, load_config, local_config, model_folder, tiny_model
+    from local.runtime import LocalRuntime, load_config, local_config
 
     progress = ProgressPrinter(stderr, enabled=not args.quiet)
     if args.timeout <= 0:
@@ -172,10 +162,7 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
             raise UsageError("--cold-start must be zero or more seconds")
         if args.cold_start and not config.is_async:
             raise UsageError("--cold-start needs the async endpoint (a real-time endpoint is always up)")
-        try:
-            model = model_folder(args.model_dir) if args.model_dir is not None else tiny_model()
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+        model = _choose_model(args)
         try:
             config = local_config(_with_image_overrides(config, args), model, size=args.size, steps=args.steps)
         except ConfigError as error:
@@ -187,11 +174,12 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
         )
     else:
         if any(
-            value is not None for value in (args.model_dir, args.size, args.steps, args.asr_model, args.endpoint_mode)
+            value is not None
+            for value in (args.model, args.model_dir, args.size, args.steps, args.asr_model, args.endpoint_mode)
         ):
             raise UsageError(
-                "--model-dir, --asr-model, --size, --steps and --endpoint-mode cannot change a runtime that is "
-                "already running"
+                "--model, --model-dir, --asr-model, --size, --steps and --endpoint-mode cannot change a runtime "
+                "that is already running"
             )
         files = check_files(args.files)
         out.mkdir(parents=True, exist_ok=True)
@@ -229,14 +217,14 @@ def run(args: argparse.Namespace, *, runtime: Any = None, stdout: TextIO, stderr
                         action="run again with a larger --timeout (a full-size model on a CPU takes minutes per image)",
                     )
         elapsed = time.perf_counter() - started
-        reports = [_save(out, result) for result in results]
+        reports = [save_result(out, result) for result in results]
         dead_letters = {handler.value: runtime.dead_letters(handler) for handler in runtime.functions}
         index = gallery.write_index(out)
     finally:
         runtime.remove_listener(progress)
         if owned:
             runtime.stop()
-    _report(args, reports, index, runtime, elapsed, stdout, dead_letters)
+    print_report(args, reports, index, runtime, elapsed, stdout, dead_letters)
     return EXIT_OK if idle and all(report["status"] == "image" for report in reports) else EXIT_ERRORS
 
 
@@ -277,6 +265,20 @@ def _transcriber_factory(asr_model: str | None, log_path: Path, *, quiet: bool =
     return lambda: RemoteTranscriber(path, log_path=log_path)
 
 
+def _choose_model(args: argparse.Namespace) -> Any:
+    """The model the local endpoint serves: --model (a folder or a Hub id), --model-dir, or the tiny test model."""
+    from local.runtime import choose_model, model_folder, tiny_model
+
+    try:
+        if args.model is not None:
+            return choose_model(args.model)
+        return model_folder(args.model_dir) if args.model_dir is not None else tiny_model()
+    except ValueError as error:  # ModelSourceError too: a Hub model that cannot be resolved or reached
+        flag = "--model" if args.model is not None else "--model-dir"
+        message = str(error)
+        raise UsageError(message if message.startswith("--model") else f"{flag} {message}") from None
+
+
 def _with_image_overrides(config: Any, args: argparse.Namespace) -> Any:
     """Check --size/--steps with the configuration's own rules (as if they were in cdk.json)."""
     if args.size is None and args.steps is None:
@@ -296,130 +298,30 @@ def _describe_model(runtime: Any, stderr: TextIO) -> None:
     if runtime.model is not None and runtime.model.tiny:
         print(TINY_MODEL_NOTE.format(size=image.width, steps=image.num_inference_steps), file=stderr)
         return
+    if runtime.model is not None and runtime.model.hub_id is not None:
+        print(
+            f"Serving {runtime.model.label}: the endpoint downloads the files it loads on first use "
+            "(progress bars below), later runs read the cache.",
+            file=stderr,
+        )
     try:
         import torch
 
         gpu = torch.cuda.is_available()
     except ImportError:
         gpu = False
-    # Beyond a quick look (256x256, 10 steps) a CPU needs minutes per image.
-    if not gpu and image.width * image.height * image.num_inference_steps > 256 * 256 * 10:
+    if gpu:
+        return
+    # Beyond a quick look (256x256, 10 steps) a CPU needs minutes per image; unset values are the family's own.
+    configured = (image.width, image.height, image.num_inference_steps)
+    if None in configured or image.width * image.height * image.num_inference_steps > 256 * 256 * 10:
+        what = (
+            f"{image.width}x{image.height} with {image.num_inference_steps} steps"
+            if None not in configured
+            else "the model family's default size and steps"
+        )
         print(
-            f"No GPU: generating {image.width}x{image.height} with {image.num_inference_steps} steps on the CPU "
-            "can take minutes, longer than invoke_sd's 70 s endpoint read timeout "
-            "(SageMaker's real-time limit is 60 s). For a quick look try --size 256 --steps 10.",
+            f"No GPU: generating {what} on the CPU can take minutes, longer than invoke_sd's 70 s endpoint "
+            "read timeout (SageMaker's real-time limit is 60 s). For a quick look try --size 256 --steps 10.",
             file=stderr,
         )
-
-
-def _save(out: Path, result: Any) -> dict[str, Any]:
-    """Copy one result into the results folder; the report entry for it."""
-    report: dict[str, Any] = {
-        "name": result.key,
-        "status": result.status,
-        "transcript": result.transcript,
-        "timings": result.timings,
-        "repeat": result.repeat,
-    }
-    if result.conflict:
-        report["conflict"] = "the output bucket holds both an image set and an error record for this upload"
-    if result.status == "image" and result.png is not None and result.html is not None:
-        report["notices"] = list((result.metadata or {}).get("notices") or [])
-        paths = gallery.save_image(out, result.key, result.png, result.metadata or {}, result.html)
-        report["outputs"] = {kind: str(path) for kind, path in paths.items()}
-    else:
-        report["status"] = "error"
-        error = result.error or {"status": "error", "reason": "the image set is incomplete in the output bucket"}
-        path = gallery.save_error(out, result.key, error)
-        report["outputs"] = {"error": str(path)}
-        report["error"] = {
-            "stage": error.get("stage"),
-            "error": error.get("error"),
-            "reason": error.get("reason"),
-            "action": error.get("action"),
-            "recorded_by": "output bucket"
-            if result.error_origin == "output bucket"
-            else f"local mode ({result.error_origin})",
-        }
-    return report
-
-
-def format_timings(timings: dict[str, float]) -> str:
-    """One line: seconds per stage, the total and the pipeline's own overhead."""
-    parts = [f"{label} {timings[key]:.2f}s" for key, label in STAGE_LABELS if key in timings]
-    total = timings.get("total")
-    if total:
-        overhead = timings.get("overhead", 0.0)
-        parts.append(f"total {total:.2f}s (pipeline overhead {overhead:.2f}s, {100 * overhead / total:.0f}%)")
-    return " | ".join(parts)
-
-
-def _report(
-    args: argparse.Namespace,
-    reports: list[dict[str, Any]],
-    index: Path,
-    runtime: Any,
-    elapsed: float,
-    stdout: TextIO,
-    dead_letters: dict[str, int],
-) -> None:
-    if args.json:
-        document = {
-            "ok": all(report["status"] == "image" for report in reports),
-            "files": reports,
-            "dead_letters": dead_letters,
-            "gallery": str(index),
-            "startup_s": round(runtime.startup_s, 3),
-            "elapsed_s": round(elapsed, 3),
-            "model": {
-                "path": str(runtime.model.path) if runtime.model else None,
-                "tiny": bool(runtime.model and runtime.model.tiny),
-                "image_parameters": runtime.config.image.as_dict(),
-            },
-            "logs": str(runtime.log_dir) if runtime.log_dir else None,
-        }
-        print(json.dumps(document, ensure_ascii=False, indent=2), file=stdout)
-        return
-    if args.quiet:
-        for report in reports:
-            for path in report["outputs"].values():
-                print(path, file=stdout)
-        print(index, file=stdout)
-        return
-    for report in reports:
-        print(f"\n{report['name']}: {report['status']}", file=stdout)
-        if report.get("repeat"):
-            print(
-                f"  {report['name']}: this upload's event arrived again; the upload ledger recognised the repeat "
-                "and these are the upload's own results",
-                file=stdout,
-            )
-        if report.get("transcript") is not None:
-            print(f"  transcript: {report['transcript']!r}", file=stdout)
-        for notice in report.get("notices", []):
-            print(f"  notice: {notice}", file=stdout)
-        if report.get("conflict"):
-            print(f"  warning: {report['conflict']}", file=stdout)
-        if report["status"] == "error":
-            error = report["error"]
-            print(f"  error ({error['stage']}, {error['error']}): {error['reason']}", file=stdout)
-            print(f"  what to do: {error['action']}", file=stdout)
-        for path in report["outputs"].values():
-            print(f"  {path}", file=stdout)
-        print(f"  timings: {format_timings(report['timings'])}", file=stdout)
-    images = sum(report["status"] == "image" for report in reports)
-    print(f"\n{images} of {len(reports)} files produced an image in {elapsed:.1f} s", file=stdout)
-    for handler, count in dead_letters.items():
-        if count:
-            print(
-                f"{count} event(s) wait in {handler}'s dead-letter queue: on AWS, fix the cause and run `make replay`",
-                file=stdout,
-            )
-    print(
-        f"start-up: {runtime.startup_s:.1f} s (model {runtime.endpoint.load_s:.1f} s, "
-        f"speech recogniser {runtime.engine.load_s:.1f} s)",
-        file=stdout,
-    )
-    print(f"gallery: {index}", file=stdout)
-    if os.environ.get("CI") is None and args.out == Path("out"):
-        print(f"open it with: python -m webbrowser -t file://{index.resolve()}", file=stdout)

@@ -13,12 +13,15 @@ goes to `async_endpoint`, local.async_endpoint's queue and worker, which runs th
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -80,15 +83,20 @@ class SageMakerRuntimeServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def load(self, model_dir: Path | None) -> None:
-        """Load the model through the toolkit (None: no endpoint deployed, every call is "not found")."""
+    def load(self, model_dir: Path | None, environment: Mapping[str, str] | None = None) -> None:
+        """Load the model through the toolkit (None: no endpoint deployed, every call is "not found").
+
+        `environment` is the container's (the SD_* variables model_fn reads, infra.model_config); it is set
+        while model_fn runs, as the DLC sets it for the whole container.
+        """
         try:
             if model_dir is not None:
                 _quiet_model_loading()
                 from sd_tools.toolkit_harness import ToolkitEndpoint
 
                 started = time.perf_counter()
-                self.model = ToolkitEndpoint(model_dir)
+                with container_environment(environment or {}):
+                    self.model = ToolkitEndpoint(model_dir)
                 self.load_s = time.perf_counter() - started
         except BaseException as error:
             self._load_error = error
@@ -244,6 +252,31 @@ class SageMakerRuntimeServer:
             }
         )
         return status, headers, json.dumps(document).encode("utf-8")
+
+
+@contextlib.contextmanager
+def container_environment(environment: Mapping[str, str]) -> Iterator[None]:
+    """Set the container's variables for the duration (and unset HF_HUB_OFFLINE unless it is one of them)."""
+    names = set(environment) | {"HF_HUB_OFFLINE"}
+    saved = {name: os.environ.get(name) for name in names}
+    # The hub source must reach the Hub (the deployed container has no HF_HUB_OFFLINE either).
+    os.environ.pop("HF_HUB_OFFLINE", None)
+    os.environ.update(environment)
+    # huggingface_hub reads HF_HUB_CACHE once, at import (local mode imported it already): point it there too.
+    constants = sys.modules.get("huggingface_hub.constants")
+    saved_cache = getattr(constants, "HF_HUB_CACHE", None)
+    if constants is not None and "HF_HUB_CACHE" in environment:
+        constants.HF_HUB_CACHE = environment["HF_HUB_CACHE"]
+    try:
+        yield
+    finally:
+        if constants is not None:
+            constants.HF_HUB_CACHE = saved_cache
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _quiet_model_loading() -> None:

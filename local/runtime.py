@@ -34,6 +34,7 @@ from local.dispatcher import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY_S, Dispatc
 from local.endpoint import SageMakerRuntimeServer
 from local.faults import Faults
 from local.functions import FunctionPool, LocalFunction
+from local.model_source import code_only_dir
 from local.observer import PipelineObserver
 from local.operations import RuntimeOperations
 from local.results import ResultReader, UploadResult
@@ -43,6 +44,8 @@ from local.settings import (
     LAMBDAS_DIR,
     REPO_ROOT,
     ModelChoice,
+    choose_model,
+    hub_model,
     load_config,
     local_config,
     model_folder,
@@ -107,6 +110,7 @@ class LocalRuntime(RuntimeOperations):
         self.startup_s = 0.0
         self.started = False
         self._tmp_logs: tempfile.TemporaryDirectory[str] | None = None
+        self._tmp_code: tempfile.TemporaryDirectory[str] | None = None
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self._listeners: list[ProgressListener] = []
         self._s3: Any = None
@@ -140,7 +144,7 @@ class LocalRuntime(RuntimeOperations):
                 self.pools[handler] = pool
                 self.functions[handler] = pool.start()
             if self.model is not None:
-                what = "the tiny random-weight test model" if self.model.tiny else str(self.model.path)
+                what = self.model.label
                 self._emit(
                     Progress("", "startup", f"loading Stable Diffusion ({what}) through the Hugging Face toolkit")
                 )
@@ -209,6 +213,9 @@ class LocalRuntime(RuntimeOperations):
         if self._tmp_logs is not None:
             self._tmp_logs.cleanup()
             self._tmp_logs = None
+        if self._tmp_code is not None:
+            self._tmp_code.cleanup()
+            self._tmp_code = None
             self.log_dir = None
 
     def __enter__(self) -> LocalRuntime:
@@ -302,7 +309,15 @@ class LocalRuntime(RuntimeOperations):
 
             self._torch_threads = torch.get_num_threads()
             torch.set_num_threads(1)
-        self.endpoint.load(self.model.path if self.model is not None else None)
+        if self.model is None:
+            self.endpoint.load(None)
+            return
+        model_dir = self.model.path
+        if model_dir is None:
+            # A Hub model: the endpoint gets only code/, as a code-only archive on AWS; model_fn downloads the rest.
+            self._tmp_code = tempfile.TemporaryDirectory(prefix="s2i-local-code-")
+            model_dir = code_only_dir(Path(self._tmp_code.name))
+        self.endpoint.load(model_dir, environment=self.model.environment(self.config))
 
     def _remote_transcriber(self) -> Any:
         from local.asr import RemoteTranscriber
@@ -363,6 +378,8 @@ __all__ = [
     "LocalRuntime",
     "ModelChoice",
     "UploadResult",
+    "choose_model",
+    "hub_model",
     "load_config",
     "local_config",
     "model_folder",

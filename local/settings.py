@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from infra.config import ConfigError, PipelineConfig
+from infra.model_config import HUB, ModelSource, container_environment
+from local.model_source import HUB_CACHE_DIR, parse_model, resolve_revision
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAMBDAS_DIR = REPO_ROOT / "lambdas"
@@ -38,10 +41,33 @@ def load_config(
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """The Stable Diffusion folder the local endpoint serves."""
+    """What the local endpoint serves: a diffusers folder, or a Hub model that model_fn downloads."""
 
-    path: Path
+    # The folder served as model_dir; None for a Hub model (the endpoint then holds only code/).
+    path: Path | None
     tiny: bool
+    hub_id: str | None = None
+    # The commit the Hub id resolved to (pinned, as hfModelRevision is on AWS).
+    hub_revision: str | None = None
+    hub_cache_dir: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """How progress output and reports name the model."""
+        if self.hub_id is not None:
+            return f"{self.hub_id}@{self.hub_revision} (Hugging Face Hub, cached in {self.hub_cache_dir})"
+        return "the tiny random-weight test model" if self.tiny else str(self.path)
+
+    def environment(self, config: PipelineConfig) -> dict[str, str]:
+        """The endpoint container's SD_* variables, as the deployed endpoint gets them for this source."""
+        source = ModelSource() if self.hub_id is None else ModelSource(HUB, self.hub_id, self.hub_revision)
+        environment = container_environment(
+            source, instance_type=config.instance_type, time_limit_seconds=config.time_limit_seconds
+        )
+        if self.hub_cache_dir is not None:
+            # Where model_fn's downloads go (and are found again next run), instead of ~/.cache/huggingface.
+            environment["HF_HUB_CACHE"] = str(self.hub_cache_dir)
+        return environment
 
 
 def tiny_model() -> ModelChoice:
@@ -52,7 +78,7 @@ def tiny_model() -> ModelChoice:
 
 
 def model_folder(path: Path) -> ModelChoice:
-    """A real diffusers SD v1.x folder; `ValueError` says what is missing."""
+    """A real diffusers pipeline folder; `ValueError` says what is missing."""
     from sd_tools.package_model import PackagingError, validate_model_dir
 
     path = Path(path).expanduser()
@@ -61,9 +87,29 @@ def model_folder(path: Path) -> ModelChoice:
         validate_model_dir(path)
     except PackagingError as error:
         raise ValueError(
-            f"--model-dir: {error} (e.g. `huggingface-cli download CompVis/stable-diffusion-v1-4 --local-dir DIR`)"
+            f"{path}: {error} (e.g. `huggingface-cli download CompVis/stable-diffusion-v1-4 --local-dir DIR`, "
+            "or give a Hub id: --model stabilityai/sd-turbo)"
         ) from None
     return ModelChoice(path=path.resolve(), tiny=False)
+
+
+def hub_model(
+    model_id: str, revision: str, *, cache_dir: Path = HUB_CACHE_DIR, model_info: Callable[..., Any] | None = None
+) -> ModelChoice:
+    """A Hub model at the commit `revision` names now; `ModelSourceError` when it cannot be had."""
+    commit = resolve_revision(model_id, revision, cache_dir=cache_dir, model_info=model_info)
+    return ModelChoice(path=None, tiny=False, hub_id=model_id, hub_revision=commit, hub_cache_dir=Path(cache_dir))
+
+
+def choose_model(
+    value: str, *, cache_dir: Path = HUB_CACHE_DIR, model_info: Callable[..., Any] | None = None
+) -> ModelChoice:
+    """`--model`: a folder (checked like `make upload-model` does) or a Hub id (`org/name[@revision]`)."""
+    parsed = parse_model(value)
+    if isinstance(parsed, Path):
+        return model_folder(parsed)
+    model_id, revision = parsed
+    return hub_model(model_id, revision, cache_dir=cache_dir, model_info=model_info)
 
 
 def local_config(

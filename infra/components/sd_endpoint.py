@@ -11,6 +11,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sagemaker as sagemaker
+from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sns as sns
 from aws_cdk.region_info import Fact, FactName
 from constructs import Construct
@@ -18,6 +19,7 @@ from constructs import Construct
 from infra.components.endpoint_metrics import VARIANT_NAME
 from infra.components.stage_function import retention_days
 from infra.config import ConfigError, PipelineConfig
+from infra.model_config import container_environment
 from infra.nag import acknowledge, render_intrinsic
 from infra.pipeline import ASYNC_FAILURE_PREFIX, ASYNC_OUTPUT_PREFIX, ASYNC_REQUEST_PREFIX
 
@@ -25,9 +27,16 @@ DLC_REPOSITORY = "huggingface-pytorch-inference"
 # Hugging Face PyTorch inference DLC (torch 2.6, transformers 4.49, diffusers 0.32.2, toolkit 2.4.1);
 # stable-diffusion-custom-inference/code/requirements.txt pins diffusers to what it ships.
 DLC_TAG = "2.6.0-transformers4.49.0-gpu-py312-cu124-ubuntu22.04"
-# A 4 GB SD v1.x archive: download, unpack and load with room to spare.
+# Start-up limits of the production variant (SageMaker allows 60..3600 s for each; API ProductionVariant).
+# modelSource=s3: SageMaker downloads and unpacks the whole archive (4 GB for SD v1.x, 7 GB for SDXL in fp16)
+# before the container starts, then model_fn loads it from local disk.
 MODEL_DOWNLOAD_TIMEOUT_S = 1200
 STARTUP_HEALTH_CHECK_TIMEOUT_S = 900
+# modelSource=hub: the archive holds only code/ (kilobytes), and model_fn downloads the weights before the
+# container answers its first health check: SDXL's fp16 files (~7 GB) at a slow 20 MB/s take ~6 min, loading
+# ~2 more; 30 min leaves room without making a broken container hold a deploy for the full hour.
+HUB_MODEL_DOWNLOAD_TIMEOUT_S = 300
+HUB_STARTUP_HEALTH_CHECK_TIMEOUT_S = 1800
 
 
 # One request at a time per instance: one copy of the model fills the GPU, a second would only queue inside it.
@@ -93,8 +102,11 @@ class StableDiffusionEndpoint(Construct):
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
             description="speech-to-image endpoint: read one model archive, pull the DLC, write its logs",
         )
+        # SageMaker downloads the archive with this role in both sources (for the hub it is the code-only one).
+        # The model bucket is SSE-S3: no key to grant.
         model_object_arn = model_bucket.arn_for_objects(config.model_data_key)
         self.role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=[model_object_arn]))
+        token_secret_arn = self._allow_hub_token(config.model.hf_token_secret_name)
         ecr.Repository.from_repository_attributes(
             self,
             "Dlc",
@@ -146,10 +158,16 @@ class StableDiffusionEndpoint(Construct):
                     "SAGEMAKER_REGION": stack.region,
                     # One worker: one copy of the model fits the T4's 16 GB; one per vCPU would not.
                     "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
-                    # Everything the model needs is in the archive; never reach for the Hub.
-                    "HF_HUB_OFFLINE": "1",
+                    **container_environment(
+                        config.model,
+                        instance_type=config.instance_type,
+                        time_limit_seconds=config.time_limit_seconds,
+                        token_secret_arn=token_secret_arn,
+                    ),
                 },
             ),
+            # No network for a model that comes whole in the archive; the hub source must reach the Hub.
+            enable_network_isolation=not config.model.is_hub,
         )
         # The role's policy must exist before SageMaker validates access to the archive.
         model.node.add_dependency(policy)
@@ -165,8 +183,12 @@ class StableDiffusionEndpoint(Construct):
                     initial_instance_count=max(1, config.min_instance_count),
                     initial_variant_weight=1.0,
                     instance_type=config.instance_type,
-                    model_data_download_timeout_in_seconds=MODEL_DOWNLOAD_TIMEOUT_S,
-                    container_startup_health_check_timeout_in_seconds=STARTUP_HEALTH_CHECK_TIMEOUT_S,
+                    model_data_download_timeout_in_seconds=(
+                        HUB_MODEL_DOWNLOAD_TIMEOUT_S if config.model.is_hub else MODEL_DOWNLOAD_TIMEOUT_S
+                    ),
+                    container_startup_health_check_timeout_in_seconds=(
+                        HUB_STARTUP_HEALTH_CHECK_TIMEOUT_S if config.model.is_hub else STARTUP_HEALTH_CHECK_TIMEOUT_S
+                    ),
                 )
             ],
             async_inference_config=_async_config(async_inference) if async_inference is not None else None,
@@ -185,6 +207,28 @@ class StableDiffusionEndpoint(Construct):
         # CreateEndpoint publishes a TestNotification to both topics with the role and FAILS if the role's
         # policy is not attached yet; the model's dependency alone does not say so.
         self.endpoint.node.add_dependency(policy)
+
+    def _allow_hub_token(self, secret_name: str | None) -> str | None:
+        """Let the container read the one Secrets Manager secret holding the Hub token; its ARN, or None."""
+        if secret_name is None:
+            return None
+        # Imported by name: the token's value never enters the template, only where to read it.
+        secret = secretsmanager.Secret.from_secret_name_v2(self, "HubToken", secret_name)
+        # One action on one secret: Secrets Manager ends every secret's ARN in '-' and six random characters,
+        # which '-??????' matches exactly (CDK's grant_read would add DescribeSecret, which the container
+        # does not need). A secret encrypted with the default aws/secretsmanager key needs no KMS grant.
+        secret_arn_pattern = f"{secret.secret_arn}-??????"
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[secret_arn_pattern])
+        )
+        acknowledge(
+            self.role,
+            f"AwsSolutions-IAM5[Resource::{render_intrinsic(Stack.of(self).resolve(secret_arn_pattern))}]",
+            "The wildcard is Secrets Manager's random six-character ARN suffix of the one secret named in "
+            "hfTokenSecretName (AWS documents the '-??????' pattern for granting access to a secret by name); "
+            "it matches no other secret.",
+        )
+        return secret.secret_arn
 
     def _allow_async(self, target: AsyncInference) -> None:
         """Read staged requests, write outputs and failures, and publish to both topics (and use their key)."""

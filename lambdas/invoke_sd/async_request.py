@@ -21,14 +21,14 @@ logger = logging.getLogger(__name__)
 SUBMITTED = "submitted"
 KEY_TOO_LONG = "key-too-long"
 # A queued request expires after its TTL; once taken off the queue it may run for InvocationTimeoutSeconds
-# (900 s by default) and its notification still passes SNS and SQS. The generation lease lasts that much
+# and its notification still passes SNS and SQS (this margin). The generation lease lasts that much
 # longer than the TTL, so a repeated transcript event meanwhile is a duplicate, never a second request.
-WAIT_MARGIN_S = 900 + 300
+NOTIFICATION_MARGIN_S = 300
 
 
 def wait_seconds(settings: Any) -> float:
     """How long the upload's generation lease lasts once its request is queued (settings: invoke_sd's)."""
-    return settings.request_ttl_seconds + WAIT_MARGIN_S
+    return settings.request_ttl_seconds + settings.invocation_timeout_seconds + NOTIFICATION_MARGIN_S
 
 
 def request_body(request: ImageRequest) -> bytes:
@@ -80,6 +80,7 @@ def submit_request(
             Accept="application/json",
             InferenceId=staged.inference_id,
             RequestTTLSeconds=settings.request_ttl_seconds,
+            InvocationTimeoutSeconds=settings.invocation_timeout_seconds,
         )
 
     try:

@@ -23,6 +23,9 @@ DEFAULT_REQUEST_TTL_SECONDS = 7200
 # InvokeEndpointAsync's RequestTTLSeconds allows 60..21600 s.
 MIN_REQUEST_TTL_SECONDS = 60
 MAX_REQUEST_TTL_SECONDS = 21600
+# InvokeEndpointAsync's InvocationTimeoutSeconds allows 1..3600 s (900 by default); infra sets it explicitly.
+DEFAULT_INVOCATION_TIMEOUT_SECONDS = 900
+MAX_INVOCATION_TIMEOUT_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Settings(CommonSettings):
     transcript_bucket: str = ""
     async_request_prefix: str = "async/requests/"
     request_ttl_seconds: int = DEFAULT_REQUEST_TTL_SECONDS
+    # How long the endpoint may work on one async request (the same limit its model_fn budgets against).
+    invocation_timeout_seconds: int = DEFAULT_INVOCATION_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -50,6 +55,15 @@ class Settings(CommonSettings):
         )
         if request_ttl_seconds > MAX_REQUEST_TTL_SECONDS:
             raise SettingsError(f"environment variable REQUEST_TTL_SECONDS must be at most {MAX_REQUEST_TTL_SECONDS}")
+        invocation_timeout_seconds = as_int(
+            "INVOCATION_TIMEOUT_SECONDS",
+            optional(environ, "INVOCATION_TIMEOUT_SECONDS", str(DEFAULT_INVOCATION_TIMEOUT_SECONDS)),
+            minimum=1,
+        )
+        if invocation_timeout_seconds > MAX_INVOCATION_TIMEOUT_SECONDS:
+            raise SettingsError(
+                f"environment variable INVOCATION_TIMEOUT_SECONDS must be at most {MAX_INVOCATION_TIMEOUT_SECONDS}"
+            )
         return cls(
             **cls.common_from_env(environ),
             **endpoint_from_env(environ),
@@ -64,4 +78,5 @@ class Settings(CommonSettings):
                 maximum=1.0,
             ),
             request_ttl_seconds=request_ttl_seconds,
+            invocation_timeout_seconds=invocation_timeout_seconds,
         )

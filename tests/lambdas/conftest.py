@@ -12,8 +12,9 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from infra.config import PipelineConfig
+from infra.config import ImageParameters, PipelineConfig
 from infra.pipeline import Handler, handler_environment
+from tests.lambdas.invoke_sd_support import PARAMETERS
 from tests.lambdas.support import (
     BUCKETS,
     INPUT_BUCKET,
@@ -163,7 +164,8 @@ def invoke(aws: Aws, sagemaker: tuple[Any, Stubber], monkeypatch: pytest.MonkeyP
         handler,
         monkeypatch,
         Handler.INVOKE_SD,
-        PipelineConfig(endpoint_mode="realtime"),
+        # imageParameters configured (cdk.json's default configures none): every one of them is sent.
+        PipelineConfig(endpoint_mode="realtime", image=ImageParameters(**PARAMETERS)),
         s3=aws.s3,
         sagemaker_runtime=sagemaker[0],
         dynamodb=aws.dynamodb,

@@ -18,6 +18,7 @@ from infra.pipeline import (
     Handler,
     handler_environment,
 )
+from invoke_sd.endpoint import derive_seed, request_parameters
 from invoke_sd.settings import Settings as InvokeSdSettings
 from pipeline_common import ledger
 from pipeline_common.metrics import DEFAULT_NAMESPACE
@@ -99,6 +100,8 @@ def test_invoke_sd_and_async_result_agree_on_the_async_requests(mode: str) -> No
 
     assert invoke.endpoint_mode == result.endpoint_mode == mode
     assert invoke.request_ttl_seconds == 30 * 60
+    # The async InvocationTimeoutSeconds invoke_sd sends is the limit the endpoint budgets against.
+    assert invoke.invocation_timeout_seconds == config.time_limit_seconds == (900 if mode == "async" else 60)
     # The stage that reads the notifications looks for requests where invoke_sd stages them.
     assert invoke.transcript_bucket == result.transcript_bucket == BUCKETS[BucketRole.TRANSCRIPTS]
     assert invoke.async_request_prefix == result.async_request_prefix == ASYNC_REQUEST_PREFIX
@@ -128,3 +131,11 @@ def test_recording_environ_notices_reads() -> None:
     environ = RecordingEnviron({"A": "1"})
     assert (environ.get("A"), environ.get("B", "x")) == ("1", "x")
     assert environ.read == {"A", "B"}
+
+
+def test_by_default_a_request_carries_only_the_seed_so_the_model_familys_defaults_apply() -> None:
+    # cdk.json configures no imageParameters: size, steps and guidance come from the endpoint's family defaults
+    # (SDXL 1024x1024, turbo 1-4 steps at guidance 0), and only the upload's own seed is sent.
+    invoke = InvokeSdSettings.from_env(handler_environment(Handler.INVOKE_SD, PipelineConfig(), BUCKETS, LEDGER_TABLE))
+    assert invoke.image_parameters == {}
+    assert request_parameters(invoke.image_parameters, "notes/idea.mp3") == {"seed": derive_seed("notes/idea.mp3")}

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from invoke_sd.async_request import WAIT_MARGIN_S
+from invoke_sd.async_request import NOTIFICATION_MARGIN_S
 from invoke_sd.endpoint import derive_seed
+from invoke_sd.settings import DEFAULT_INVOCATION_TIMEOUT_SECONDS
 from pipeline_common.async_requests import upload_digest
 from pipeline_common.ledger import TRANSCRIBING, WAITING
 from pipeline_common.render import ImageRequest
@@ -29,6 +30,8 @@ from tests.lambdas.invoke_sd_support import (
 from tests.lambdas.support import OUTPUT_BUCKET, TRANSCRIPT_BUCKET, Aws, sqs_batch
 
 TTL = 1800
+# The lease outlasts the queue's TTL, the time the GPU may then take, and the notification's way back.
+WAIT_MARGIN_S = DEFAULT_INVOCATION_TIMEOUT_SECONDS + NOTIFICATION_MARGIN_S
 ASYNC = {"endpoint_mode": "async", "transcript_bucket": TRANSCRIPT_BUCKET, "request_ttl_seconds": TTL}
 PREFIX = "async/requests/"
 
@@ -51,6 +54,8 @@ def expect_submission(stubber: Stubber, version_id: str) -> str:
             "Accept": "application/json",
             "InferenceId": digest,
             "RequestTTLSeconds": TTL,
+            # Set explicitly: the endpoint's work budget assumes the same limit (SD_TIME_LIMIT_SECONDS).
+            "InvocationTimeoutSeconds": DEFAULT_INVOCATION_TIMEOUT_SECONDS,
         },
     )
     return key

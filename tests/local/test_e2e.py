@@ -249,7 +249,7 @@ def test_progress_and_summary_are_readable(runtime: LocalRuntime, tmp_path: Path
 
     assert code == 0
     progress = stderr.getvalue()
-    assert "tiny random-weight test model" in progress and "--model-dir" in progress
+    assert "tiny random-weight test model" in progress and "--model stabilityai/sd-turbo" in progress
     for step in ("summary check.wav: uploaded", "transcribing", "transcript:", "generating", "endpoint answered 200"):
         assert step in progress, step
     summary = stdout.getvalue()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from local import gallery
-from local.cli import EXIT_USAGE, format_timings, main
+from local.cli import EXIT_USAGE, main
+from local.report import format_timings
 from tests.local.runtime_support import AUDIO, offline_with_an_empty_cache
 
 
