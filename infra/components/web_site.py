@@ -151,7 +151,7 @@ class WebSite(Construct):
         return f"https://{self.distribution.distribution_domain_name}"
 
     def deploy(self, config_json: Mapping[str, Any]) -> s3_deployment.BucketDeployment:
-        """Upload the page's files and its generated config.json; invalidate CloudFront's copies."""
+        """Upload the page's files and its generated config.json."""
         deployment = s3_deployment.BucketDeployment(
             self,
             "Deployment",
@@ -162,10 +162,11 @@ class WebSite(Construct):
                 s3_deployment.Source.json_data("config.json", dict(config_json)),
             ],
             destination_bucket=self.bucket,
-            distribution=self.distribution,
-            distribution_paths=["/*"],
             # No build step, so no content hashes in file names: browsers revalidate each file (ETag) instead
-            # of keeping a stale page or config.json after a deploy.
+            # of keeping a stale page or config.json after a deploy, and CloudFront keeps a no-cache object for
+            # the cache policy's minimum TTL (1 s). So no invalidation: it would give the deploy-time handler
+            # cloudfront:CreateInvalidation on every distribution in the account (that action takes no
+            # resource from the CDK), for nothing.
             cache_control=[s3_deployment.CacheControl.no_cache()],
             memory_limit=256,
         )

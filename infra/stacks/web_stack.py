@@ -139,5 +139,5 @@ class WebStack(Stack):
                 f"AwsSolutions-IAM5[{finding}]",
                 "Written by the CDK for its BucketDeployment handler, which runs only during deployments: it reads "
                 "the page's asset from the CDK asset bucket, replaces the site bucket's objects (read, write, "
-                "delete, list) and invalidates the distribution's cached copies.",
+                "delete, list).",
             )
