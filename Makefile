@@ -95,9 +95,9 @@ bootstrap: setup ## Prepare the account/region for CDK deployments (once; needs 
 deploy-infra: setup ## Deploy the buckets and Lambdas (needs AWS credentials)
 	npx cdk deploy InfraStack
 
-upload-model: setup ## Package MODEL_DIR (a diffusers SD v1.x folder) and upload it to the model bucket
+upload-model: setup ## Package MODEL_DIR (SD 1.x/2.x/XL/turbo diffusers folder), upload it, set modelDataKey in cdk.json
 	@test -n "$(MODEL_DIR)" || { echo "usage: make upload-model MODEL_DIR=path/to/stable-diffusion-v1-4"; exit 2; }
-	$(BIN)/python -m sd_tools.package_model --model-dir "$(MODEL_DIR)" --upload
+	$(BIN)/python -m sd_tools.package_model --model-dir "$(MODEL_DIR)" --upload --record-in cdk.json
 
 deploy-endpoint: setup ## Deploy the GPU endpoint (after upload-model; costs money per hour)
 	npx cdk deploy --exclusively HuggingFaceModelEndpoint

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sd_tools.cdk_context import ContextFileError, set_context_value
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CODE_DIR = REPO_ROOT / "stable-diffusion-custom-inference" / "code"
 BUCKET_OUTPUT = "ModelBucketName"
@@ -330,6 +332,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=Path("model.tar.gz"), help="archive to write (model.tar.gz)")
     parser.add_argument("--upload", action="store_true", help="upload to the stack's model bucket, content-hash key")
     parser.add_argument("--stack-name", default=DEFAULT_STACK, help=f"stack with the outputs (default {DEFAULT_STACK})")
+    parser.add_argument(
+        "--record-in", type=Path, default=None, help="after uploading, set context modelDataKey in this cdk.json"
+    )
     parser.add_argument("--region", default=None, help="AWS region of the stack (default: AWS_REGION / profile)")
     parser.add_argument("--model-name", default=None, help="name reported by the endpoint (default: folder name)")
     parser.add_argument(
@@ -361,7 +366,12 @@ def _package(args: argparse.Namespace) -> int:
         print(f"uploading to {target.uri}", file=sys.stderr)
         upload_archive(s3, archive, target)
     print(target.uri)
-    print(deploy_hint(key), file=sys.stderr)
+    if args.record_in is not None:
+        changed = set_context_value(args.record_in, "modelDataKey", key)
+        state = "now points" if changed else "already pointed"
+        print(f"{args.record_in}: modelDataKey {state} to {key}; next: make deploy-endpoint", file=sys.stderr)
+    else:
+        print(deploy_hint(key), file=sys.stderr)
     return 0
 
 
@@ -373,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _package(args)
-    except PackagingError as error:
+    except (PackagingError, ContextFileError) as error:
         print(f"error: {error}", file=sys.stderr)
     except NoCredentialsError:
         print("error: no AWS credentials found: run 'aws configure' or set AWS_PROFILE, then retry", file=sys.stderr)

@@ -46,19 +46,6 @@ def archive(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return build_archive(tiny_model_dir, tmp_path_factory.mktemp("archive") / "model.tar.gz", use_pigz=False)
 
 
-@pytest.fixture
-def aws_env(monkeypatch):
-    """Fake credentials and region, so nothing can reach a real account."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
 def test_archive_has_the_toolkit_layout(archive, tiny_model_dir):
     files = members(archive)
     model_files = sorted(p.relative_to(tiny_model_dir).as_posix() for p in tiny_model_dir.rglob("*") if p.is_file())
