@@ -66,6 +66,22 @@ def format_timings(timings: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
+def print_outcome(report: dict[str, Any], stdout: TextIO) -> None:
+    """One file's transcript, notices, error with what to do, and saved paths (`local run`, `ops.generate`)."""
+    if report.get("transcript") is not None:
+        print(f"  transcript: {report['transcript']!r}", file=stdout)
+    for notice in report.get("notices", []):
+        print(f"  notice: {notice}", file=stdout)
+    if report.get("conflict"):
+        print(f"  warning: {report['conflict']}", file=stdout)
+    if report["status"] == "error":
+        error = report["error"]
+        print(f"  error ({error.get('stage')}, {error.get('error')}): {error.get('reason')}", file=stdout)
+        print(f"  what to do: {error.get('action')}", file=stdout)
+    for path in report["outputs"].values():
+        print(f"  {path}", file=stdout)
+
+
 def print_report(
     args: argparse.Namespace,
     reports: list[dict[str, Any]],
@@ -109,18 +125,7 @@ def print_report(
                 "and these are the upload's own results",
                 file=stdout,
             )
-        if report.get("transcript") is not None:
-            print(f"  transcript: {report['transcript']!r}", file=stdout)
-        for notice in report.get("notices", []):
-            print(f"  notice: {notice}", file=stdout)
-        if report.get("conflict"):
-            print(f"  warning: {report['conflict']}", file=stdout)
-        if report["status"] == "error":
-            error = report["error"]
-            print(f"  error ({error['stage']}, {error['error']}): {error['reason']}", file=stdout)
-            print(f"  what to do: {error['action']}", file=stdout)
-        for path in report["outputs"].values():
-            print(f"  {path}", file=stdout)
+        print_outcome(report, stdout)
         print(f"  timings: {format_timings(report['timings'])}", file=stdout)
     images = sum(report["status"] == "image" for report in reports)
     print(f"\n{images} of {len(reports)} files produced an image in {elapsed:.1f} s", file=stdout)

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from local import gallery
 from local.cli import DEFAULT_TIMEOUT_S, EXIT_ERRORS, EXIT_OK, EXIT_USAGE, ProgressPrinter, UsageError, check_files
+from local.report import print_outcome
 from ops.stack import require, run_command, stack_outputs
 from ops.stack import session as _session
 from ops.upload_status import STAGE_WORDS, UploadStatus, read_status, starting_from_zero
@@ -169,14 +170,7 @@ def _report(uploads: list[Upload], index: Path, timed_out: float | None, stdout:
             )
             continue
         print(f"\n{item.key}: {report['status']}", file=stdout)
-        if report.get("transcript") is not None:
-            print(f"  transcript: {report['transcript']!r}", file=stdout)
-        if report["status"] == "error":
-            error = report["error"]
-            print(f"  error ({error.get('stage')}, {error.get('error')}): {error.get('reason')}", file=stdout)
-            print(f"  what to do: {error.get('action')}", file=stdout)
-        for path in report["outputs"].values():
-            print(f"  {path}", file=stdout)
+        print_outcome(report, stdout)
     images = sum(item.saved.get("status") == "image" for item in uploads)
     print(f"\n{images} of {len(uploads)} files produced an image", file=stdout)
     print(f"gallery: {index}", file=stdout)
