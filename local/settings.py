@@ -65,8 +65,8 @@ class ModelChoice:
             source, instance_type=config.instance_type, time_limit_seconds=config.time_limit_seconds
         )
         if self.hub_cache_dir is not None:
-            # Where model_fn's downloads go (and are found again next run), instead of ~/.cache/huggingface.
-            environment["HF_HUB_CACHE"] = str(self.hub_cache_dir)
+            # Where model_fn's downloads go and are found again next run (the container's default is /tmp/sd-hub).
+            environment["SD_HUB_CACHE_DIR"] = str(self.hub_cache_dir)
         return environment
 
 
