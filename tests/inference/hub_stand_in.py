@@ -1,11 +1,18 @@
-"""A local folder standing in for the Hugging Face Hub behind huggingface_hub's two calls the hub source makes."""
+"""A local folder standing in for the Hugging Face Hub: behind huggingface_hub's two calls, or behind its HTTP API."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import hashlib
+import json
 import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import huggingface_hub
 import huggingface_hub.utils
@@ -59,3 +66,73 @@ def unreachable_hub(monkeypatch: Any) -> None:
 
     monkeypatch.setattr(huggingface_hub, "list_repo_files", refuse)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+
+
+@contextlib.contextmanager
+def hub_http_api(root: Path, repo_id: str, commit: str) -> Iterator[tuple[str, list[str]]]:
+    """The Hub's HTTP API over a local folder on loopback: (HF_ENDPOINT, the paths requested).
+
+    Just what huggingface_hub 0.36 asks for the hub source: the file tree, the model's info at a revision, and
+    HEAD/GET of `/<repo>/resolve/<revision>/<file>` with the commit and ETag headers it checks.
+    """
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    requested: list[str] = []
+
+    def size(name: str) -> int:
+        return (root / name).stat().st_size
+
+    def oid(name: str) -> str:
+        """The file's git blob id, as the Hub lists it."""
+        data = (root / name).read_bytes()
+        return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+    class Api(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+        def do_HEAD(self) -> None:
+            self._file(head=True)
+
+        def do_GET(self) -> None:
+            path = unquote(urlsplit(self.path).path)
+            if path.startswith(f"/api/models/{repo_id}/revision/"):
+                self._json({"id": repo_id, "sha": commit, "siblings": [{"rfilename": name} for name in files]})
+            elif path.startswith(f"/api/models/{repo_id}/tree/"):
+                self._json([{"type": "file", "path": name, "size": size(name), "oid": oid(name)} for name in files])
+            else:
+                self._file(head=False)
+
+        def _json(self, document: Any) -> None:
+            requested.append(self.path)
+            self._send(json.dumps(document).encode(), {"Content-Type": "application/json"}, head=False)
+
+        def _file(self, *, head: bool) -> None:
+            requested.append(self.path)
+            prefix = f"/{repo_id}/resolve/"
+            path = unquote(urlsplit(self.path).path)
+            name = path[len(prefix) :].partition("/")[2] if path.startswith(prefix) else ""
+            if name not in files:
+                self.send_error(404)
+                return
+            data = (root / name).read_bytes()
+            headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
+            self._send(data, headers, head=head)
+
+        def _send(self, body: bytes, headers: dict[str, str], *, head: bool) -> None:
+            self.send_response(200)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="stand-in-hub-api")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requested
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

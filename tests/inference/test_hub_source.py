@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -13,8 +17,8 @@ from moto import mock_aws
 
 from sd_tools.package_model import build_archive
 from sd_tools.toolkit_harness import ToolkitEndpoint
-from tests.inference.helpers import code_module, png_image, request
-from tests.inference.hub_stand_in import LocalHub
+from tests.inference.helpers import CODE_DIR, code_module, png_image, request
+from tests.inference.hub_stand_in import LocalHub, hub_http_api
 
 REPO_ID = "stabilityai/sdxl-turbo"
 REVISION = "71153311d3dbb46851df1931d3ca6e939de83304"
@@ -258,3 +262,45 @@ def test_an_interrupted_download_leaves_no_marker_and_the_next_start_completes_i
     assert (folder / ".complete.json").is_file() and (
         folder / "unet" / "diffusion_pytorch_model.fp16.safetensors"
     ).is_file()
+
+
+FETCH = """
+import sys
+from pathlib import Path
+
+import sd_source
+
+settings = sd_source.hub_settings({"SD_MODEL_SOURCE": "hub", "SD_HUB_MODEL_ID": sys.argv[1],
+                                   "SD_HUB_REVISION": sys.argv[2], "SD_HUB_CACHE_DIR": sys.argv[3]})
+print(sd_source.fetch_from_hub(settings, sd_source.HuggingFaceHub(), None))
+"""
+
+
+def test_the_real_huggingface_hub_fetches_into_the_endpoint_layout_with_progress_bars(hub, tmp_path):
+    """huggingface_hub itself (it reads HF_ENDPOINT at import: a fresh process) against a Hub API on loopback."""
+    cache, hf_home = tmp_path / "cache", tmp_path / "hf-home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))},
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(hf_home),  # huggingface_hub's own cache: must stay unused
+        "PYTHONPATH": str(CODE_DIR),
+    }
+
+    def fetch(endpoint: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-c", FETCH, REPO_ID, REVISION, str(cache)]
+        return subprocess.run(argv, env=env | {"HF_ENDPOINT": endpoint}, capture_output=True, text=True, timeout=120)
+
+    with hub_http_api(hub.root, REPO_ID, REVISION) as (endpoint, requested):
+        first = fetch(endpoint)
+    assert first.returncode == 0, first.stderr
+    folder = cache / "stabilityai--sdxl-turbo" / REVISION
+    assert first.stdout.strip() == str(folder)
+    assert re.search(r"Fetching \d+ files: 100%", first.stderr), "huggingface_hub's progress bars show on stderr"
+    fetched = [path.split(f"/resolve/{REVISION}/", 1)[1] for path in requested if "/resolve/" in path]
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in fetched and not any(name in fetched for name in JUNK)
+    assert (folder / ".complete.json").is_file() and not list(hf_home.rglob("models--*"))
+
+    # Again, with the Hub gone (nothing listens there any more): the complete download is used as it is.
+    second = fetch(endpoint)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == str(folder) and "Fetching" not in second.stderr
