@@ -96,9 +96,8 @@ def resolve_revision(
         raise ModelSourceError(
             f"--model {model_id}@{revision}: cannot reach the Hugging Face Hub to download it ({error}) and "
             f"{cache_dir} holds no complete copy. Run once with internet access (the download is kept in "
-            f"{cache_dir}), or "
-            f"download it elsewhere (`huggingface-cli download {model_id} --revision {revision} --local-dir DIR`) "
-            "and pass the folder: --model DIR"
+            f"{cache_dir}), or download it elsewhere (`huggingface-cli download {model_id} --revision {revision} "
+            "--local-dir DIR`) and pass the folder: --model DIR"
         ) from None
 
 
