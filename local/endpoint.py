@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import sys
 import threading
 import time
 import uuid
@@ -262,16 +261,9 @@ def container_environment(environment: Mapping[str, str]) -> Iterator[None]:
     # The hub source must reach the Hub (the deployed container has no HF_HUB_OFFLINE either).
     os.environ.pop("HF_HUB_OFFLINE", None)
     os.environ.update(environment)
-    # huggingface_hub reads HF_HUB_CACHE once, at import (local mode imported it already): point it there too.
-    constants = sys.modules.get("huggingface_hub.constants")
-    saved_cache = getattr(constants, "HF_HUB_CACHE", None)
-    if constants is not None and "HF_HUB_CACHE" in environment:
-        constants.HF_HUB_CACHE = environment["HF_HUB_CACHE"]
     try:
         yield
     finally:
-        if constants is not None:
-            constants.HF_HUB_CACHE = saved_cache
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -2,15 +2,19 @@
 
 A folder is served as `model_dir`, as the deployed endpoint serves an S3 archive. A Hub id (`org/name`, optionally
 `org/name@revision`) is served the way `modelSource=hub` is on AWS: the endpoint gets only `code/` and the SD_HUB_*
-variables, and `model_fn` downloads exactly the files it loads into `.cache/hub` (with huggingface_hub's progress
-bars). Before that, the id and revision are resolved to a commit here, so a typo, a gated model or a machine
-without internet is a clear error before anything starts.
+variables, and `model_fn` downloads exactly the files it loads into `.cache/hub` (SD_HUB_CACHE_DIR, in the
+endpoint's own layout: code/sd_hub_cache.py; with huggingface_hub's progress bars). Before that, the id and revision
+are resolved to a commit here, so a typo, a gated model or a machine without internet is a clear error before
+anything starts. Offline, a commit with a complete download in the cache is served; a branch or tag is not guessed
+(it may have moved since): the error names the cached commits to pass instead.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,8 @@ def resolve_revision(
         RevisionNotFoundError,
     )
 
+    if COMMIT_RE.match(revision) and cached_commit(model_id, revision, cache_dir) is not None:
+        return revision  # a commit never changes: a complete download of it needs no Hub
     if model_info is None:
         from huggingface_hub import HfApi
 
@@ -79,27 +85,40 @@ def resolve_revision(
     except HfHubHTTPError as error:
         raise ModelSourceError(f"--model {model_id}: the Hugging Face Hub answered {error}; try again later") from None
     except OSError as error:  # no network, DNS, a proxy, or HF_HUB_OFFLINE (OfflineModeIsEnabled)
-        cached = cached_commit(model_id, revision, cache_dir)
-        if cached is not None:
-            return cached
+        cached = hub_cache().complete_revisions(cache_dir, model_id)
+        if cached and not COMMIT_RE.match(revision):
+            commits = " or ".join(f"--model {model_id}@{commit}" for commit in cached)
+            raise ModelSourceError(
+                f"--model {model_id}@{revision}: cannot reach the Hugging Face Hub to learn which commit "
+                f"{revision} is now ({error}). {cache_dir} holds a complete download of {len(cached)} commit(s): "
+                f"pass one to use it offline: {commits}"
+            ) from None
         raise ModelSourceError(
             f"--model {model_id}@{revision}: cannot reach the Hugging Face Hub to download it ({error}) and "
-            f"{cache_dir} holds no copy. Run once with internet access (the download is kept in {cache_dir}), or "
-            f"download it elsewhere (`huggingface-cli download {model_id} --revision {revision} --local-dir DIR`) "
-            "and pass the folder: --model DIR"
+            f"{cache_dir} holds no complete copy. Run once with internet access (the download is kept in "
+            f"{cache_dir}), or download it elsewhere (`huggingface-cli download {model_id} --revision {revision} "
+            "--local-dir DIR`) and pass the folder: --model DIR"
         ) from None
 
 
 def cached_commit(model_id: str, revision: str, cache_dir: Path) -> str | None:
-    """The commit a cached download of `model_id` at `revision` is, if the cache holds one."""
-    repo = Path(cache_dir) / f"models--{model_id.replace('/', '--')}"
-    commit = revision if COMMIT_RE.match(revision) else None
-    if commit is None:
-        ref = repo / "refs" / revision
-        commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else None
-    if commit is None or not (repo / "snapshots" / commit / "model_index.json").is_file():
-        return None
-    return commit
+    """`revision` when it is a commit whose download in `cache_dir` (the endpoint's layout) is complete, else None."""
+    if not COMMIT_RE.match(revision):
+        return None  # the endpoint's cache is keyed by commit: a branch or tag may have moved since
+    cache = hub_cache()
+    return revision if cache.complete_files(cache.hub_folder(cache_dir, model_id, revision)) is not None else None
+
+
+def hub_cache() -> Any:
+    """code/sd_hub_cache.py, the endpoint's own cache layout (standard library only, loaded on its own)."""
+    name = "_sd_hub_cache_for_local_mode"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, CODE_DIR / "sd_hub_cache.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def code_only_dir(target: Path, code_dir: Path = CODE_DIR) -> Path:

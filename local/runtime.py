@@ -252,6 +252,22 @@ class LocalRuntime(RuntimeOperations):
         """The handler's own variables, exactly as `infra.pipeline.handler_environment` gives them."""
         return dict(self.functions[handler].environment)
 
+    def function_runtime_environment(self, caller: str) -> dict[str, str]:
+        """What Lambda's runtime gives every local function beside its own variables: moto, this endpoint, no AWS.
+
+        `caller` names the process (e.g. `web_api.0`) in its SageMaker runtime URL, so each call is traced to it.
+        """
+        return {
+            **FAKE_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.aws.endpoint_url,
+            # The path prefix names the calling process (see local.endpoint); botocore keeps it.
+            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": f"{self.endpoint.url}/_caller/{caller}",
+            # No shared config or credentials file can redirect or authorise anything real.
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
     @property
     def bucket_names(self) -> dict[BucketRole, str]:
         """The local bucket name of each role."""
@@ -293,7 +309,7 @@ class LocalRuntime(RuntimeOperations):
         return LocalFunction(
             handler=handler,
             environment=handler_environment(handler, self.config, self.aws.bucket_names, self.aws.ledger_table),
-            runtime_environment=self._runtime_environment(f"{handler.value}.{index}"),
+            runtime_environment=self.function_runtime_environment(f"{handler.value}.{index}"),
             lambdas_dir=self.lambdas_dir,
             log_path=self.log_dir / f"{handler.value}.log",
             account=self.aws.account,
@@ -330,18 +346,6 @@ class LocalRuntime(RuntimeOperations):
                 listener(progress)
             except Exception:
                 log.exception("progress listener failed")
-
-    def _runtime_environment(self, caller: str) -> dict[str, str]:
-        return {
-            **FAKE_CREDENTIALS,
-            "AWS_ENDPOINT_URL": self.aws.endpoint_url,
-            # The path prefix names the calling process (see local.endpoint); botocore keeps it.
-            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": f"{self.endpoint.url}/_caller/{caller}",
-            # No shared config or credentials file can redirect or authorise anything real.
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
 
     def _queues_empty(self) -> bool:
         for binding in self.aws.queues:

@@ -4,7 +4,8 @@
         print(web.url)
 
 The web API is `lambdas/web_api/handler.py`, run like the pipeline's handlers: in its own process with exactly
-its environment (the pipeline's common variables, MEDIA_FORMATS and the WEB_* limits of docs/API.md).
+the environment WebStack gives the deployed function (`infra.web_config.web_api_environment`), from the same
+cdk.json context (`webMaxUploadMb`, `webMaxRecordingSeconds`, `webUrlTtlSeconds`; `--max-seconds` overrides one).
 """
 
 from __future__ import annotations
@@ -18,27 +19,15 @@ from typing import Any, TextIO
 import boto3
 from botocore.config import Config
 
-from infra.pipeline import BucketRole, Handler
+from infra.pipeline import BucketRole
+from infra.web_config import WebConfig, web_api_environment
 from local.aws import FAKE_CREDENTIALS
 from local.functions import LocalFunction
-from local.settings import REPO_ROOT
+from local.settings import REPO_ROOT, load_web_config
 from local.web_server import LocalWebServer, WebServerConfig
 
 WEB_DIR = REPO_ROOT / "web"
 DEFAULT_PORT = 8080
-DEFAULT_MAX_RECORDING_SECONDS = 60
-DEFAULT_MAX_UPLOAD_MB = 25
-# The variables of docs/API.md "Deployment" that the pipeline's handlers have too: taken from transcribe_trigger's.
-SHARED_VARIABLES = (
-    "INPUT_BUCKET",
-    "OUTPUT_BUCKET",
-    "IMAGE_PREFIX",
-    "ERROR_PREFIX",
-    "JOB_NAME_PREFIX",
-    "LEDGER_TABLE",
-    "METRICS_NAMESPACE",
-    "MEDIA_FORMATS",
-)
 
 
 @dataclass(frozen=True)
@@ -58,16 +47,13 @@ class WebFrontend:
         *,
         port: int = DEFAULT_PORT,
         host: str = "127.0.0.1",
-        max_upload_bytes: int | None = None,
-        max_recording_seconds: int = DEFAULT_MAX_RECORDING_SECONDS,
+        web: WebConfig | None = None,
         web_dir: Path = WEB_DIR,
     ) -> None:
-        """Serve on `host:port` (port 0: any free one); the limits default to docs/API.md's, capped by maxMediaMb."""
+        """Serve on `host:port` (port 0: any free one) with `web` (default: cdk.json's, as WebStack is deployed)."""
         self.runtime = runtime
         self.address = (host, port)
-        limit = min(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024, runtime.config.max_media_bytes)
-        self.max_upload_bytes = max_upload_bytes or limit
-        self.max_recording_seconds = max_recording_seconds
+        self.web = web if web is not None else load_web_config(runtime.config)
         self.web_dir = web_dir
         self.function: LocalFunction | None = None
         self.server: LocalWebServer | None = None
@@ -80,13 +66,17 @@ class WebFrontend:
         return self.server.url
 
     def environment(self) -> dict[str, str]:
-        """The web API's own variables (docs/API.md "Deployment")."""
-        trigger = self.runtime.function_environment(Handler.TRANSCRIBE_TRIGGER)
-        return {name: trigger[name] for name in SHARED_VARIABLES} | {
-            "WEB_UPLOAD_PREFIX": "web/",
-            "WEB_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
-            "WEB_MAX_RECORDING_SECONDS": str(self.max_recording_seconds),
-            "WEB_URL_TTL_SECONDS": "300",
+        """The web API's own variables, as WebStack gives the deployed function (docs/API.md "Deployment")."""
+        runtime = self.runtime
+        return web_api_environment(runtime.config, self.web, runtime.bucket_names, runtime.aws.ledger_table)
+
+    def page_config(self) -> dict[str, object]:
+        """The page's config.json: the same limits the API enforces, the API on this server, no sign-in."""
+        return {
+            "apiUrl": "/api",
+            "maxRecordingSeconds": self.web.max_recording_seconds,
+            "maxUploadBytes": self.web.max_upload_bytes,
+            "auth": None,
         }
 
     def start(self) -> WebFrontend:
@@ -97,7 +87,7 @@ class WebFrontend:
             handler=WebApiFunction(),  # type: ignore[arg-type]
             environment=self.environment(),
             # The credentials and endpoints every local function gets (moto, the local SageMaker runtime).
-            runtime_environment=runtime._runtime_environment("web_api.0"),
+            runtime_environment=runtime.function_runtime_environment("web_api.0"),
             lambdas_dir=runtime.lambdas_dir,
             log_path=runtime.log_dir / "web_api.log",
             account=runtime.aws.account,
@@ -117,14 +107,9 @@ class WebFrontend:
         )
         config = WebServerConfig(
             web_dir=self.web_dir,
-            page_config={
-                "apiUrl": "/api",
-                "maxRecordingSeconds": self.max_recording_seconds,
-                "maxUploadBytes": self.max_upload_bytes,
-                "auth": None,
-            },
+            page_config=self.page_config(),
             input_bucket=runtime.bucket_names[BucketRole.INPUT],
-            max_upload_bytes=self.max_upload_bytes,
+            max_upload_bytes=self.web.max_upload_bytes,
             access_key=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
             secret_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         )
@@ -181,8 +166,7 @@ def add_parser(commands: Any) -> None:
     serve.add_argument(
         "--max-seconds",
         type=int,
-        default=DEFAULT_MAX_RECORDING_SECONDS,
-        help=f"longest recording the page takes (default {DEFAULT_MAX_RECORDING_SECONDS})",
+        help="longest recording the page takes, 5-3600 (default: cdk.json's webMaxRecordingSeconds)",
     )
 
 
@@ -193,13 +177,13 @@ def serve(args: argparse.Namespace, *, stdout: TextIO, stderr: TextIO) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be 0-65535")
-    if args.max_seconds < 1:
-        raise UsageError("--max-seconds must be at least 1")
     try:
         model = model_folder(args.model_dir) if args.model_dir is not None else tiny_model()
         config = local_config(load_config(endpoint_mode=args.endpoint_mode), model, size=args.size, steps=args.steps)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+        web_config = load_web_config(config, max_recording_seconds=args.max_seconds)
+    except ValueError as error:  # ConfigError too, which names the context key
+        overridden = args.max_seconds is not None and "webMaxRecordingSeconds" in str(error)
+        raise UsageError(f"--max-seconds {args.max_seconds}: {error}" if overridden else str(error)) from None
     runtime = LocalRuntime(config, model)
     progress = ProgressPrinter(stderr, enabled=True)
     runtime.add_listener(progress)
@@ -209,7 +193,7 @@ def serve(args: argparse.Namespace, *, stdout: TextIO, stderr: TextIO) -> int:
     except Exception as error:
         print(f"error: local mode could not start: {error}", file=stderr)
         return EXIT_ERRORS
-    web = WebFrontend(runtime, port=args.port, max_recording_seconds=args.max_seconds)
+    web = WebFrontend(runtime, port=args.port, web=web_config)
     try:
         try:
             web.start()

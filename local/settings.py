@@ -10,6 +10,7 @@ from typing import Any
 
 from infra.config import ConfigError, PipelineConfig
 from infra.model_config import HUB, ModelSource, container_environment
+from infra.web_config import WebConfig
 from local.model_source import HUB_CACHE_DIR, parse_model, resolve_revision
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,15 +29,33 @@ def load_config(
     `image_overrides` replace keys of the "imageParameters" context and `endpoint_mode` the "endpointMode" one
     (as `cdk -c endpointMode=...` would), so they are checked by the same rules.
     """
-    try:
-        context = dict(json.loads(cdk_json.read_text(encoding="utf-8")).get("context", {}))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"cannot read the CDK context from {cdk_json}: {error}") from None
+    context = load_context(cdk_json)
     if endpoint_mode is not None:
         context["endpointMode"] = endpoint_mode
     if image_overrides:
         context["imageParameters"] = {**(context.get("imageParameters") or {}), **image_overrides}
     return PipelineConfig.from_context(context.get)
+
+
+def load_web_config(
+    config: PipelineConfig, cdk_json: Path = CDK_JSON, *, max_recording_seconds: int | None = None
+) -> WebConfig:
+    """The web page's configuration from cdk.json's context, as infra/app.py builds WebStack's.
+
+    `max_recording_seconds` replaces "webMaxRecordingSeconds" (`serve --max-seconds`), checked by the same rules.
+    """
+    context = load_context(cdk_json)
+    if max_recording_seconds is not None:
+        context["webMaxRecordingSeconds"] = max_recording_seconds
+    return WebConfig.from_context(context.get, config)
+
+
+def load_context(cdk_json: Path = CDK_JSON) -> dict[str, Any]:
+    """cdk.json's "context" (what `cdk synth` reads before any -c option)."""
+    try:
+        return dict(json.loads(cdk_json.read_text(encoding="utf-8")).get("context", {}))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"cannot read the CDK context from {cdk_json}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -65,8 +84,8 @@ class ModelChoice:
             source, instance_type=config.instance_type, time_limit_seconds=config.time_limit_seconds
         )
         if self.hub_cache_dir is not None:
-            # Where model_fn's downloads go (and are found again next run), instead of ~/.cache/huggingface.
-            environment["HF_HUB_CACHE"] = str(self.hub_cache_dir)
+            # Where model_fn's downloads go and are found again next run (the container's default is /tmp/sd-hub).
+            environment["SD_HUB_CACHE_DIR"] = str(self.hub_cache_dir)
         return environment
 
 

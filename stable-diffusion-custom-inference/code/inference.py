@@ -3,7 +3,8 @@ r"""Text-to-image handler for the SageMaker Hugging Face inference toolkit (mode
 Serves any diffusers folder sd_families recognises: SD 1.x, SD 2.x (v-prediction 768 included), SDXL base,
 SD-Turbo, SDXL-Turbo and fine-tunes of those (docs/MODELS.md). Sibling modules (the toolkit puts code/ first on
 sys.path, in the DLC and in sd_tools.toolkit_harness alike): sd_families (recognition, defaults, limits),
-sd_request (parsing), sd_budget (work budget, deadline), sd_source (s3 folder or Hub download).
+sd_request (parsing), sd_budget (work budget, deadline), sd_source (s3 folder or Hub download), sd_hub_cache
+(the Hub download's folder layout and completion marker).
 
 Request (`Content-Type: application/json`), every parameter optional (absent or null: the family's default):
     {"inputs": "<prompt>", "parameters": {"num_inference_steps": 25, "guidance_scale": 7.5,

@@ -4,7 +4,9 @@ For `hub`, only the files the pipeline loads are downloaded: model_index.json fi
 lists its config/tokenizer files and ONE set of weights (the fp16 variant when every weighted component has it,
 else the default variant; safetensors over .bin; never .ckpt, Flax, ONNX or EMA copies). The toolkit's own
 HF_MODEL_ID path downloads several times that and is not used. The Hub client is injectable (tests use a local
-folder as the Hub); a gated model's token comes from Secrets Manager and is never logged.
+folder as the Hub); a gated model's token comes from Secrets Manager and is never logged. The download goes to
+`SD_HUB_CACHE_DIR/<org>--<name>/<revision>` (sd_hub_cache, the layout's one home); a complete earlier download
+there is used as it is, without the network (local mode keeps one in .cache/hub).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sd_families import FP16, WEIGHT_STEMS, WEIGHTED, components
+from sd_hub_cache import complete_files, forget_complete, hub_folder, mark_complete
 
 logger = logging.getLogger("sd_inference")
 
@@ -54,6 +57,7 @@ class HuggingFaceHub:
         """Fetch exactly `files` into `local_dir` (resumable; files already there are not fetched again)."""
         from huggingface_hub import snapshot_download
 
+        # No tqdm_class: huggingface_hub's own progress bars go to stderr (local mode shows them while it waits).
         return Path(
             snapshot_download(repo_id, revision=revision, allow_patterns=files, local_dir=str(local_dir), token=token)
         )
@@ -148,16 +152,29 @@ def files_to_fetch(index: dict[str, Any], repo_files: list[str]) -> list[str]:
 
 
 def fetch_from_hub(settings: HubSettings, hub: HubClient, token: str | None) -> Path:
-    """Download exactly what the pipeline loads into settings.cache_dir/<repo>/<revision> and return that folder."""
-    target = settings.cache_dir / settings.repo_id.replace("/", "--") / settings.revision
+    """Download exactly what the pipeline loads into settings.cache_dir/<repo>/<revision> and return that folder.
+
+    A complete earlier download there (its marker lists files that are all present) is returned at once, with no
+    Hub call; anything less is fetched again (files already there are skipped by the Hub client).
+    """
+    target = hub_folder(settings.cache_dir, settings.repo_id, settings.revision)
     where = f"{settings.repo_id}@{settings.revision}"
+    if complete_files(target) is not None:
+        logger.info("using the complete download of %s in %s", where, target)
+        return target
     try:
+        target.mkdir(parents=True, exist_ok=True)
+        forget_complete(target)
         repo_files = hub.list_files(settings.repo_id, settings.revision, token)
         hub.download(settings.repo_id, settings.revision, ["model_index.json"], target, token)
         index = json.loads((target / "model_index.json").read_text(encoding="utf-8"))
         files = files_to_fetch(index, repo_files)
         logger.info("downloading %d files of %s into %s", len(files), where, target)
         hub.download(settings.repo_id, settings.revision, files, target, token)
+        missing = [name for name in files if not (target / name).is_file()]
+        if missing:
+            raise ModelSourceError(f"the download left out {', '.join(missing)}")
+        mark_complete(target, settings.repo_id, settings.revision, files)
     except ModelSourceError as error:
         raise ModelSourceError(f"{where}: {error}") from None
     except Exception as error:  # the Hub's errors (gated, not found, network) carry their own explanation
@@ -179,7 +196,9 @@ def resolve_model_dir(
         return Path(model_dir), None
     settings = hub_settings(env)
     token = None
-    if settings.token_secret_arn:
+    # A complete earlier download needs no token (nor Secrets Manager, nor the Hub).
+    cached = complete_files(hub_folder(settings.cache_dir, settings.repo_id, settings.revision)) is not None
+    if settings.token_secret_arn and not cached:
         if secrets is None:
             import boto3
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import boto3
-import huggingface_hub
 import pytest
 from moto import mock_aws
 
 from sd_tools.package_model import build_archive
 from sd_tools.toolkit_harness import ToolkitEndpoint
-from tests.inference.helpers import code_module, png_image, request
+from tests.inference.helpers import CODE_DIR, code_module, png_image, request
+from tests.inference.hub_stand_in import LocalHub, hub_http_api
 
 REPO_ID = "stabilityai/sdxl-turbo"
 REVISION = "71153311d3dbb46851df1931d3ca6e939de83304"
@@ -36,33 +39,6 @@ def sd_source():
         yield module
 
 
-class LocalHub:
-    """huggingface_hub.list_repo_files / snapshot_download over a local folder; records every download."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.downloaded: list[str] = []
-        self.tokens: list[str | None] = []
-
-    def _check(self, repo_id: str, revision: str | None) -> None:
-        if (repo_id, revision) != (REPO_ID, REVISION):
-            raise huggingface_hub.errors.RevisionNotFoundError(f"{repo_id}@{revision} is not on this stand-in Hub")
-
-    def list_repo_files(self, repo_id: str, *, revision: str | None = None, token: str | None = None, **_: object):
-        self._check(repo_id, revision)
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
-
-    def snapshot_download(self, repo_id: str, *, revision=None, allow_patterns=None, local_dir=None, token=None, **_):
-        self._check(repo_id, revision)
-        self.tokens.append(token)
-        for name in self.list_repo_files(repo_id, revision=revision):
-            if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
-                (Path(local_dir) / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(self.root / name, Path(local_dir) / name)
-                self.downloaded.append(name)
-        return str(local_dir)
-
-
 @pytest.fixture
 def hub(family_dirs, tmp_path, monkeypatch) -> LocalHub:
     repo = tmp_path / "hub" / REPO_ID
@@ -70,10 +46,7 @@ def hub(family_dirs, tmp_path, monkeypatch) -> LocalHub:
     for name in JUNK:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_bytes(b"not loaded")
-    stand_in = LocalHub(repo)
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", stand_in.list_repo_files)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", stand_in.snapshot_download)
-    return stand_in
+    return LocalHub(repo, REPO_ID, REVISION).install(monkeypatch)
 
 
 @pytest.fixture
@@ -214,3 +187,120 @@ def test_files_to_fetch_prefers_safetensors_default_weights_without_a_full_fp16_
         "vae/config.json",
         "vae/diffusion_pytorch_model.bin",
     ]
+
+
+class NoHub:
+    """A Hub client that must not be used: any call fails the test."""
+
+    def list_files(self, *args: object) -> list[str]:
+        raise AssertionError("the Hub was asked for a file list")
+
+    def download(self, *args: object) -> Path:
+        raise AssertionError("the Hub was asked for a download")
+
+
+class NoSecrets:
+    def get_secret_value(self, SecretId: str) -> dict[str, str]:
+        raise AssertionError("Secrets Manager was asked for the token")
+
+
+def hub_env(cache: Path) -> dict[str, str]:
+    return {
+        "SD_MODEL_SOURCE": "hub",
+        "SD_HUB_MODEL_ID": REPO_ID,
+        "SD_HUB_REVISION": REVISION,
+        "SD_HUB_CACHE_DIR": str(cache),
+        "SD_HUB_TOKEN_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:hf-AbCdEf",
+    }
+
+
+def test_a_complete_download_is_used_again_without_the_hub_or_the_token(sd_source, hub, tmp_path):
+    cache = tmp_path / "cache"
+    settings = sd_source.hub_settings(hub_env(cache))
+    folder = sd_source.fetch_from_hub(settings, sd_source.HuggingFaceHub(), None)
+    assert folder == sd_source.hub_folder(cache, REPO_ID, REVISION) == cache / "stabilityai--sdxl-turbo" / REVISION
+    marker = json.loads((folder / ".complete.json").read_text())
+    assert (
+        marker["files"][0] == "model_index.json" and "unet/diffusion_pytorch_model.fp16.safetensors" in marker["files"]
+    )
+    assert hub.progress_bars and all(hub.progress_bars), "huggingface_hub's progress bars stay on"
+    calls = hub.calls
+
+    assert sd_source.fetch_from_hub(settings, NoHub(), None) == folder
+    # The endpoint's own entry point: no Secrets Manager call either (the token is only needed to download).
+    assert sd_source.resolve_model_dir(Path("/opt/ml/model"), hub_env(cache), NoHub(), NoSecrets()) == (folder, REPO_ID)
+    assert hub.calls == calls
+
+
+def test_a_partial_download_is_fetched_again(sd_source, hub, tmp_path):
+    cache = tmp_path / "cache"
+    settings = sd_source.hub_settings(hub_env(cache))
+    folder = sd_source.fetch_from_hub(settings, sd_source.HuggingFaceHub(), None)
+    lost = folder / "unet" / "diffusion_pytorch_model.fp16.safetensors"
+    lost.unlink()  # a file listed in the marker is gone: not complete any more
+    hub.downloaded.clear()
+    assert sd_source.fetch_from_hub(settings, sd_source.HuggingFaceHub(), None) == folder
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in hub.downloaded and lost.is_file()
+
+
+def test_an_interrupted_download_leaves_no_marker_and_the_next_start_completes_it(sd_source, hub, tmp_path):
+    class Interrupted(sd_source.HuggingFaceHub):
+        def download(self, repo_id, revision, files, local_dir, token):
+            if len(files) > 1:  # model_index.json arrives, then the connection drops
+                sd_source.HuggingFaceHub().download(repo_id, revision, files[:3], local_dir, token)
+                raise ConnectionError("connection reset")
+            return super().download(repo_id, revision, files, local_dir, token)
+
+    settings = sd_source.hub_settings(hub_env(tmp_path / "cache"))
+    with pytest.raises(sd_source.ModelSourceError, match="ConnectionError: connection reset"):
+        sd_source.fetch_from_hub(settings, Interrupted(), None)
+    folder = sd_source.hub_folder(settings.cache_dir, REPO_ID, REVISION)
+    assert (folder / "model_index.json").is_file() and not (folder / ".complete.json").exists()
+    with pytest.raises(sd_source.ModelSourceError, match="the Hub was asked for a file list"):
+        sd_source.fetch_from_hub(settings, NoHub(), None)  # half a download is not taken for the model
+    assert sd_source.fetch_from_hub(settings, sd_source.HuggingFaceHub(), None) == folder
+    assert (folder / ".complete.json").is_file() and (
+        folder / "unet" / "diffusion_pytorch_model.fp16.safetensors"
+    ).is_file()
+
+
+FETCH = """
+import sys
+from pathlib import Path
+
+import sd_source
+
+settings = sd_source.hub_settings({"SD_MODEL_SOURCE": "hub", "SD_HUB_MODEL_ID": sys.argv[1],
+                                   "SD_HUB_REVISION": sys.argv[2], "SD_HUB_CACHE_DIR": sys.argv[3]})
+print(sd_source.fetch_from_hub(settings, sd_source.HuggingFaceHub(), None))
+"""
+
+
+def test_the_real_huggingface_hub_fetches_into_the_endpoint_layout_with_progress_bars(hub, tmp_path):
+    """huggingface_hub itself (it reads HF_ENDPOINT at import: a fresh process) against a Hub API on loopback."""
+    cache, hf_home = tmp_path / "cache", tmp_path / "hf-home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))},
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(hf_home),  # huggingface_hub's own cache: must stay unused
+        "PYTHONPATH": str(CODE_DIR),
+    }
+
+    def fetch(endpoint: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-c", FETCH, REPO_ID, REVISION, str(cache)]
+        return subprocess.run(argv, env=env | {"HF_ENDPOINT": endpoint}, capture_output=True, text=True, timeout=120)
+
+    with hub_http_api(hub.root, REPO_ID, REVISION) as (endpoint, requested):
+        first = fetch(endpoint)
+    assert first.returncode == 0, first.stderr
+    folder = cache / "stabilityai--sdxl-turbo" / REVISION
+    assert first.stdout.strip() == str(folder)
+    assert re.search(r"Fetching \d+ files: 100%", first.stderr), "huggingface_hub's progress bars show on stderr"
+    fetched = [path.split(f"/resolve/{REVISION}/", 1)[1] for path in requested if "/resolve/" in path]
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in fetched and not any(name in fetched for name in JUNK)
+    assert (folder / ".complete.json").is_file() and not list(hf_home.rglob("models--*"))
+
+    # Again, with the Hub gone (nothing listens there any more): the complete download is used as it is.
+    second = fetch(endpoint)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == str(folder) and "Fetching" not in second.stderr

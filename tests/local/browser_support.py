@@ -38,12 +38,14 @@ def local_site(log_dir: Path, *, max_recording_seconds: int = 30) -> Iterator[tu
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from local.runtime import LocalRuntime, load_config, local_config, tiny_model
     from local.serve import WebFrontend
+    from local.settings import load_web_config
 
     model = tiny_model()
     runtime = LocalRuntime(local_config(load_config(), model, size=TINY_SIZE, steps=TINY_STEPS), model, log_dir=log_dir)
     runtime.start()
     try:
-        with WebFrontend(runtime, port=0, max_recording_seconds=max_recording_seconds) as web:
+        web_config = load_web_config(runtime.config, max_recording_seconds=max_recording_seconds)
+        with WebFrontend(runtime, port=0, web=web_config) as web:
             yield runtime, web
     finally:
         runtime.stop()

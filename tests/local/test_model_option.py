@@ -1,13 +1,15 @@
 """`--model PATH_OR_HUB_ID`: a folder is served as model_dir; a Hub id is served as modelSource=hub is on AWS.
 
 The download itself is model_fn's (stable-diffusion-custom-inference/code); here: parsing, resolving the revision
-(online through an injected `model_info`, offline against the real huggingface_hub and its cache), and what the
-local endpoint's model_fn receives: a code-only model_dir and the container's SD_* variables.
+(online through an injected `model_info`, offline against the real huggingface_hub and the endpoint's cache
+layout in .cache/hub), and what the local endpoint's model_fn receives: a code-only model_dir and the container's
+SD_* variables. tests/local/test_hub_model_offline.py serves a downloaded model offline end to end.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ import pytest
 from infra.config import PipelineConfig
 from local.cli import EXIT_USAGE, main
 from local.endpoint import SageMakerRuntimeServer
-from local.model_source import ModelSourceError, cached_commit, parse_model, resolve_revision
+from local.model_source import CODE_DIR, ModelSourceError, cached_commit, parse_model, resolve_revision
 from local.runtime import LocalRuntime, choose_model, hub_model, tiny_model
 from tests.local.runtime_support import AUDIO, offline_with_an_empty_cache
 
@@ -42,14 +44,16 @@ def failing(error: Exception) -> Any:
     return model_info
 
 
-def cache_with(cache: Path, model_id: str, commit: str, ref: str | None = "main") -> None:
-    """A huggingface_hub cache holding a download of `model_id` at `commit` (what model_fn leaves behind)."""
-    repo = cache / f"models--{model_id.replace('/', '--')}"
-    (repo / "snapshots" / commit).mkdir(parents=True)
-    (repo / "snapshots" / commit / "model_index.json").write_text("{}")
-    if ref is not None:
-        (repo / "refs").mkdir()
-        (repo / "refs" / ref).write_text(commit)
+def cache_with(cache: Path, model_id: str, commit: str, *, complete: bool = True) -> Path:
+    """A .cache/hub holding a download of `model_id` at `commit` in the endpoint's layout (what model_fn leaves)."""
+    folder = cache / model_id.replace("/", "--") / commit
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    (folder / "unet" / "config.json").write_text("{}")
+    if complete:  # model_fn writes the marker only after the last file arrived
+        files = ["model_index.json", "unet/config.json"]
+        (folder / ".complete.json").write_text(json.dumps({"repo_id": model_id, "revision": commit, "files": files}))
+    return folder
 
 
 def test_an_existing_folder_is_a_folder_and_an_org_name_is_a_hub_id(tmp_path: Path) -> None:
@@ -82,7 +86,7 @@ def test_the_endpoint_gets_the_hub_source_variables_and_a_local_cache(tmp_path: 
         "SD_HUB_REVISION": SHA,
         "SD_INSTANCE_TYPE": "ml.g4dn.xlarge",
         "SD_TIME_LIMIT_SECONDS": "900",
-        "HF_HUB_CACHE": str(tmp_path),
+        "SD_HUB_CACHE_DIR": str(tmp_path),
     }, "no HF_HUB_OFFLINE (it must download) and never HF_MODEL_ID (the toolkit would fetch the whole repo)"
     assert model.environment(PipelineConfig(endpoint_mode="realtime"))["SD_TIME_LIMIT_SECONDS"] == "60"
 
@@ -118,12 +122,45 @@ def test_offline_without_a_cached_copy_says_what_to_do(monkeypatch: pytest.Monke
     assert "Run once with internet access" in message and "--model DIR" in message
 
 
-def test_offline_a_cached_download_is_served_at_its_commit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_offline_a_complete_download_is_served_at_its_commit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     offline_with_an_empty_cache(monkeypatch, tmp_path)
     cache_with(tmp_path, "stabilityai/sd-turbo", SHA)
-    assert resolve_revision("stabilityai/sd-turbo", "main", cache_dir=tmp_path) == SHA
     assert resolve_revision("stabilityai/sd-turbo", SHA, cache_dir=tmp_path) == SHA
-    assert cached_commit("stabilityai/sd-turbo", "v2", tmp_path) is None, "a ref never downloaded is not cached"
+    assert cached_commit("stabilityai/sd-turbo", SHA, tmp_path) == SHA
+    assert cached_commit("stabilityai/sd-turbo", "main", tmp_path) is None, "the cache is keyed by commit"
+
+
+def test_offline_a_branch_is_not_guessed_the_error_names_the_cached_commits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    offline_with_an_empty_cache(monkeypatch, tmp_path)
+    cache_with(tmp_path, "stabilityai/sd-turbo", SHA)
+    with pytest.raises(ModelSourceError) as raised:
+        resolve_revision("stabilityai/sd-turbo", "main", cache_dir=tmp_path)
+    message = str(raised.value)
+    assert "cannot reach the Hugging Face Hub to learn which commit main is now" in message
+    assert f"pass one to use it offline: --model stabilityai/sd-turbo@{SHA}" in message
+
+
+def test_a_partial_download_is_not_a_cached_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    offline_with_an_empty_cache(monkeypatch, tmp_path)
+    cache_with(tmp_path, "stabilityai/sd-turbo", SHA, complete=False)
+    assert cached_commit("stabilityai/sd-turbo", SHA, tmp_path) is None
+    with pytest.raises(ModelSourceError, match="holds no complete copy"):
+        resolve_revision("stabilityai/sd-turbo", SHA, cache_dir=tmp_path)
+    # A marker whose files are not all there (one was deleted) is not complete either.
+    folder = cache_with(tmp_path / "other", "stabilityai/sd-turbo", SHA)
+    (folder / "unet" / "config.json").unlink()
+    assert cached_commit("stabilityai/sd-turbo", SHA, tmp_path / "other") is None
+
+
+def test_a_cached_commit_is_served_without_asking_the_hub(tmp_path: Path) -> None:
+    calls: list[tuple[str, str]] = []
+    cache_with(tmp_path, "stabilityai/sd-turbo", SHA)
+    model = choose_model(f"stabilityai/sd-turbo@{SHA}", cache_dir=tmp_path, model_info=answering(SHA, calls))
+    assert model.hub_revision == SHA and calls == [], "a commit never changes: no Hub call, no timeout offline"
+    choose_model("stabilityai/sd-turbo", cache_dir=tmp_path, model_info=answering(SHA, calls))
+    assert calls == [("stabilityai/sd-turbo", "main")], "a branch is always asked of the Hub when it answers"
 
 
 def test_the_cli_refuses_an_unreachable_hub_model_before_starting(
@@ -152,14 +189,11 @@ class RecordingToolkit:
     seen: ClassVar[list[dict[str, Any]]] = []
 
     def __init__(self, model_dir: Path) -> None:
-        import huggingface_hub.constants
-
         RecordingToolkit.seen.append(
             {
                 "files": sorted(str(p.relative_to(model_dir)) for p in Path(model_dir).rglob("*.py")),
                 "has_weights": (Path(model_dir) / "model_index.json").exists(),
                 "env": {k: v for k, v in os.environ.items() if k.startswith(("SD_", "HF_HUB_"))},
-                "hub_cache": huggingface_hub.constants.HF_HUB_CACHE,
             }
         )
 
@@ -167,8 +201,6 @@ class RecordingToolkit:
 def test_the_local_endpoint_loads_a_hub_model_from_code_only_with_the_containers_variables(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import huggingface_hub.constants
-
     import sd_tools.toolkit_harness
 
     monkeypatch.setattr(sd_tools.toolkit_harness, "ToolkitEndpoint", RecordingToolkit)
@@ -180,19 +212,20 @@ def test_the_local_endpoint_loads_a_hub_model_from_code_only_with_the_containers
     runtime._load_model()  # what start() runs in its loader thread
     try:
         (seen,) = RecordingToolkit.seen
-        assert seen["files"] == ["code/inference.py"] and not seen["has_weights"], "code-only, like the archive"
+        code = sorted(f"code/{path.name}" for path in CODE_DIR.glob("*.py"))
+        assert "code/inference.py" in code and "code/sd_hub_cache.py" in code
+        assert seen["files"] == code and not seen["has_weights"], "code-only, like the archive"
         assert seen["env"] == {
             "SD_MODEL_SOURCE": "hub",
             "SD_HUB_MODEL_ID": "stabilityai/sd-turbo",
             "SD_HUB_REVISION": SHA,
             "SD_INSTANCE_TYPE": "ml.g4dn.xlarge",
             "SD_TIME_LIMIT_SECONDS": "900",
-            "HF_HUB_CACHE": str(cache),
-        }
-        assert seen["hub_cache"] == str(cache), "huggingface_hub downloads into .cache/hub, not ~/.cache"
+            "SD_HUB_CACHE_DIR": str(cache),
+        }, "model_fn downloads into .cache/hub in its own layout, as into /tmp/sd-hub on AWS"
         # Afterwards the process is as it was: the variables belonged to the container, not to local mode.
         assert os.environ["HF_HUB_OFFLINE"] == "1" and "SD_MODEL_SOURCE" not in os.environ
-        assert str(cache) != huggingface_hub.constants.HF_HUB_CACHE
+        assert "SD_HUB_CACHE_DIR" not in os.environ
     finally:
         runtime.stop()
     assert runtime._tmp_code is None, "the code-only folder is removed with the runtime"

@@ -162,7 +162,8 @@ def test_the_recorder_stops_itself_at_the_configured_length(site: tuple[Any, Any
     try:
         page = browser.new_page()
         page.goto(web.url)
-        assert page.locator("#max-seconds").inner_text() == "2"
+        # The page shows the limit once it has read config.json (after the load event): wait for it, then record.
+        page.wait_for_function("() => document.getElementById('max-seconds').textContent === '2'", timeout=10_000)
         page.get_by_test_id("record").click()
         # Nobody presses Stop: at 2 s the recorder stops and the recording is uploaded.
         page.wait_for_function(

@@ -11,13 +11,15 @@ import http.client
 import json
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from infra.web_config import WebConfig, web_api_environment
 from local.web_server import LocalWebServer, parse_form
-from tests.lambdas.support import INPUT_BUCKET
+from tests.lambdas.support import BUCKETS, INPUT_BUCKET, LEDGER_TABLE
 from tests.local.web_support import moto_web_server
 
 MAX_BYTES = 50_000
@@ -221,3 +223,32 @@ def test_a_request_under_another_host_name_is_refused(server: LocalWebServer) ->
     # A page on another site reaching 127.0.0.1 through DNS rebinding sends its own host name.
     status, _, _ = send(server, "GET", "/api/uploads", headers={"Host": "attacker.example:80"})
     assert status == 421
+
+
+def test_local_serve_gives_the_api_and_the_page_the_deployed_limits_from_cdk_json() -> None:
+    from local.serve import WebFrontend
+    from local.settings import CDK_JSON, load_config, load_web_config
+
+    context = json.loads(CDK_JSON.read_text(encoding="utf-8"))["context"]
+    config = load_config()
+    runtime = SimpleNamespace(config=config, bucket_names=BUCKETS, aws=SimpleNamespace(ledger_table=LEDGER_TABLE))
+    web = WebFrontend(runtime, port=0)
+    environment = web.environment()
+    # The deployed function's variables (WebStack passes web_api_environment the same context): one home.
+    assert environment == web_api_environment(
+        config, WebConfig.from_context(context.get, config), BUCKETS, LEDGER_TABLE
+    )
+    assert environment["WEB_MAX_UPLOAD_BYTES"] == str(context["webMaxUploadMb"] * 1024 * 1024)
+    assert environment["WEB_MAX_RECORDING_SECONDS"] == str(context["webMaxRecordingSeconds"])
+    assert environment["WEB_URL_TTL_SECONDS"] == str(context["webUrlTtlSeconds"])
+    page = web.page_config()
+    assert (page["maxUploadBytes"], page["maxRecordingSeconds"]) == (
+        int(environment["WEB_MAX_UPLOAD_BYTES"]),
+        int(environment["WEB_MAX_RECORDING_SECONDS"]),
+    ), "the page stops and refuses where the API does"
+    # --max-seconds replaces webMaxRecordingSeconds for both, under the same rules.
+    shorter = WebFrontend(runtime, port=0, web=load_web_config(config, max_recording_seconds=30))
+    assert (
+        shorter.environment()["WEB_MAX_RECORDING_SECONDS"] == "30"
+        and shorter.page_config()["maxRecordingSeconds"] == 30
+    )

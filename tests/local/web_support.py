@@ -13,7 +13,7 @@ from botocore.config import Config
 from moto import mock_aws
 
 from infra.config import PipelineConfig
-from infra.pipeline import Handler, handler_environment
+from infra.web_config import WebConfig, web_api_environment
 from local.web_server import LocalWebServer, WebServerConfig
 from tests.lambdas.support import BUCKETS, INPUT_BUCKET, LEDGER_TABLE, REGION, create_ledger_table
 
@@ -30,7 +30,7 @@ def moto_web_server(*, max_upload_bytes: int, auth: dict[str, Any] | None = None
         patch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
         patch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
         patch.setenv("AWS_DEFAULT_REGION", REGION)
-        environment = handler_environment(Handler.TRANSCRIBE_FAILED, PipelineConfig(), BUCKETS, LEDGER_TABLE)
+        environment = web_api_environment(PipelineConfig(), WebConfig(), BUCKETS, LEDGER_TABLE)
         for name, value in (environment | {"WEB_MAX_UPLOAD_BYTES": str(max_upload_bytes)}).items():
             patch.setenv(name, value)
         s3 = boto3.client("s3", region_name=REGION, config=Config(signature_version="s3v4"))
