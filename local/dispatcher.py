@@ -41,6 +41,8 @@ DEFAULT_MAX_RETRIES = 2
 DEFAULT_RETRY_DELAY_S = 1
 # Long-poll wait: a message wakes the poll at once; this only bounds how long `stop()` takes.
 LONG_POLL_S = 1
+# How long after its retry delay a returned message still counts as in flight (a waiting poll takes it sooner).
+RETURN_GRACE_S = 0.5
 
 
 class DispatchObserver(Protocol):
@@ -250,6 +252,14 @@ class Dispatcher:
 
     def _return(self, sqs: Any, binding: QueueBinding, messages: list[dict[str, Any]]) -> None:
         """Make failed messages visible again after the local retry delay (on AWS: the visibility timeout)."""
+        if messages:
+            # A returned message is still the pipeline's work: count it in flight until a poll has had time to
+            # take it again, so "idle" never falls inside its retry delay (the queue's counts alone once let a
+            # waiter through there, in a loaded full test run).
+            self.activity.begin()
+            timer = threading.Timer(self.retry_delay_s + RETURN_GRACE_S, self.activity.end)
+            timer.daemon = True
+            timer.start()
         for message in messages:
             try:
                 sqs.change_message_visibility(

@@ -17,6 +17,7 @@ import pytest
 
 from infra.pipeline import BucketRole, Handler, handler_environment, routes
 from local.aws import FAKE_CREDENTIALS
+from local.dispatcher import RETURN_GRACE_S
 from local.runtime import LocalRuntime
 from tests.local.probe_support import (
     dead_lettered_bodies,
@@ -264,3 +265,26 @@ def test_transcribes_write_probe_object_reaches_no_handler(runtime: LocalRuntime
     assert runtime.wait_until_idle(60)
     assert events_for(runtime, Handler.INVOKE_SD, probe) == []
     assert events_for(runtime, Handler.INVOKE_SD, control), "the same bucket and prefix still deliver transcripts"
+
+
+def test_a_message_returned_for_a_retry_keeps_the_pipeline_busy_through_its_retry_delay(runtime: LocalRuntime) -> None:
+    # The failure this guards against: `local run` and the tests saw "idle" while a failed message waited out
+    # its retry delay, so they stopped before its next receive (and before its dead-letter queue).
+    assert runtime.dispatcher is not None and runtime.wait_until_idle(120)
+    handler = Handler.TRANSCRIBE_TRIGGER
+    binding = next(binding for binding in runtime.aws.queues if binding.handler == handler)
+    sqs = runtime.aws.client("sqs")
+    runtime.dispatcher.hold(handler)
+    try:
+        sqs.send_message(QueueUrl=binding.url, MessageBody=json.dumps({"probe": "retry"}))
+        [message] = sqs.receive_message(QueueUrl=binding.url, WaitTimeSeconds=1)["Messages"]
+        window = runtime.dispatcher.retry_delay_s + RETURN_GRACE_S  # by then a waiting poll has taken it again
+        started = time.monotonic()
+        runtime.dispatcher._return(sqs, binding, [message])
+        # Take the queue's view out of the picture: only the dispatcher's own count can keep it busy now.
+        sqs.delete_message(QueueUrl=binding.url, ReceiptHandle=message["ReceiptHandle"])
+        assert not runtime.wait_until_idle(window / 2), "idle inside the retry delay"
+        assert runtime.wait_until_idle(10)
+        assert time.monotonic() - started >= window
+    finally:
+        runtime.dispatcher.release(handler)
