@@ -17,7 +17,7 @@ import pytest
 
 from infra.pipeline import BucketRole, Handler, handler_environment, routes
 from local.aws import FAKE_CREDENTIALS
-from local.dispatcher import RETURN_GRACE_S
+from local.dispatcher import LONG_POLL_S, RETURN_GRACE_S
 from local.runtime import LocalRuntime
 from tests.local.probe_support import (
     dead_lettered_bodies,
@@ -275,9 +275,10 @@ def test_a_message_returned_for_a_retry_keeps_the_pipeline_busy_through_its_retr
     binding = next(binding for binding in runtime.aws.queues if binding.handler == handler)
     sqs = runtime.aws.client("sqs")
     runtime.dispatcher.hold(handler)
+    time.sleep(LONG_POLL_S + 0.5)  # a poll already waiting when the hold began has ended: the message is ours
     try:
         sqs.send_message(QueueUrl=binding.url, MessageBody=json.dumps({"probe": "retry"}))
-        [message] = sqs.receive_message(QueueUrl=binding.url, WaitTimeSeconds=1)["Messages"]
+        [message] = sqs.receive_message(QueueUrl=binding.url, WaitTimeSeconds=5)["Messages"]
         window = runtime.dispatcher.retry_delay_s + RETURN_GRACE_S  # by then a waiting poll has taken it again
         started = time.monotonic()
         runtime.dispatcher._return(sqs, binding, [message])
