@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from local.async_endpoint import DEFAULT_INVOCATION_TIMEOUT_S, DEFAULT_TTL_S, AsyncEndpoint, AsyncRequest
+from local.aws import patched_environ
 from local.faults import Faults
 from local.tracking import EndpointCall
 
@@ -253,22 +253,10 @@ class SageMakerRuntimeServer:
         return status, headers, json.dumps(document).encode("utf-8")
 
 
-@contextlib.contextmanager
-def container_environment(environment: Mapping[str, str]) -> Iterator[None]:
+def container_environment(environment: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
     """Set the container's variables for the duration (and unset HF_HUB_OFFLINE unless it is one of them)."""
-    names = set(environment) | {"HF_HUB_OFFLINE"}
-    saved = {name: os.environ.get(name) for name in names}
     # The hub source must reach the Hub (the deployed container has no HF_HUB_OFFLINE either).
-    os.environ.pop("HF_HUB_OFFLINE", None)
-    os.environ.update(environment)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return patched_environ({"HF_HUB_OFFLINE": None, **environment})
 
 
 def _quiet_model_loading() -> None:
