@@ -161,6 +161,18 @@ def _scheduler(family: str) -> Any:
     return PNDMScheduler(**betas, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
 
 
+# The two-block UNet skeleton of diffusers' own SD and SDXL dummy components (their tests' get_dummy_components).
+TINY_UNET: dict[str, Any] = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+}
+
+
 def _sd_pipeline(family: str, seed: int, safety_checker: SafetyMode) -> Any:
     """SD 1.x (diffusers' SD dummy components) or SD 2.x (the SD2 ones: linear projection, gelu text encoder)."""
     import torch
@@ -173,13 +185,7 @@ def _sd_pipeline(family: str, seed: int, safety_checker: SafetyMode) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            **TINY_UNET,
             cross_attention_dim=32,
             **sd2_unet,
         )
@@ -215,13 +221,7 @@ def _sdxl_pipeline(family: str, seed: int) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            sample_size=32,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            **TINY_UNET,
             attention_head_dim=(2, 4),
             use_linear_projection=True,
             addition_embed_type="text_time",
