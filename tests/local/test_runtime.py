@@ -25,30 +25,6 @@ from tests.local.probe_support import (
 )
 from tests.local.runtime_support import AUDIO
 
-SQS_RECORD_FIELDS = (
-    "messageId",
-    "receiptHandle",
-    "body",
-    "attributes",
-    "messageAttributes",
-    "md5OfBody",
-    "eventSource",
-    "eventSourceARN",
-    "awsRegion",
-)
-
-DOCUMENTED_RECORD_FIELDS = (
-    "eventVersion",
-    "eventSource",
-    "awsRegion",
-    "eventTime",
-    "eventName",
-    "userIdentity",
-    "requestParameters",
-    "responseElements",
-    "s3",
-)
-
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
