@@ -11,17 +11,16 @@ anything starts. Offline, a commit with a complete download in the cache is serv
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sd_tools.endpoint_code import CODE_DIR, standalone
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HUB_CACHE_DIR = REPO_ROOT / ".cache" / "hub"
-CODE_DIR = REPO_ROOT / "stable-diffusion-custom-inference" / "code"
 # `org/name` or `org/name@revision` (a branch, tag or commit); a path has more slashes or starts with '.', '/', '~'.
 HUB_ID_RE = re.compile(r"^(?P<id>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w.-]+))?$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -111,14 +110,7 @@ def cached_commit(model_id: str, revision: str, cache_dir: Path) -> str | None:
 
 def hub_cache() -> Any:
     """code/sd_hub_cache.py, the endpoint's own cache layout (standard library only, loaded on its own)."""
-    name = "_sd_hub_cache_for_local_mode"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, CODE_DIR / "sd_hub_cache.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return standalone("sd_hub_cache")
 
 
 def code_only_dir(target: Path, code_dir: Path = CODE_DIR) -> Path:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sd_tools.cdk_context import ContextFileError, set_context_value
+from sd_tools.endpoint_code import CODE_DIR, standalone
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CODE_DIR = REPO_ROOT / "stable-diffusion-custom-inference" / "code"
 BUCKET_OUTPUT = "ModelBucketName"
 DEFAULT_STACK = "InfraStack"
 # Weight files diffusers never reads when loading the default variant in PyTorch: other
@@ -51,14 +50,7 @@ MiB = 1024 * 1024
 
 def families() -> Any:
     """code/sd_families.py, the endpoint's own family detection (one home for what a servable folder is)."""
-    name = "_sd_families_for_packaging"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, CODE_DIR / "sd_families.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return standalone("sd_families")
 
 
 def code_files(code_dir: Path) -> list[Path]:

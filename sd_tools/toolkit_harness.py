@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CODE_DIR = REPO_ROOT / "stable-diffusion-custom-inference" / "code"
+from sd_tools.endpoint_code import CODE_DIR as DEFAULT_CODE_DIR
+
 MMS_VERSION = "1.1.11"
 MODEL_NAME = "model"  # the name the DLC registers its single model under
 USER_MODULE = "inference"
