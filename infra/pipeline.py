@@ -183,11 +183,9 @@ def event_routes(config: PipelineConfig) -> tuple[EventRoute, ...]:
     )
 
 
-def handler_environment(
-    handler: Handler, config: PipelineConfig, buckets: Mapping[BucketRole, str], ledger_table: str
-) -> dict[str, str]:
-    """The environment variables a handler runs with, given the real bucket and ledger table names."""
-    common = {
+def common_environment(buckets: Mapping[BucketRole, str], ledger_table: str) -> dict[str, str]:
+    """What every function that reads uploads, results or the ledger gets (pipeline_common's settings base)."""
+    return {
         "INPUT_BUCKET": buckets[BucketRole.INPUT],
         "OUTPUT_BUCKET": buckets[BucketRole.OUTPUT],
         "IMAGE_PREFIX": IMAGE_PREFIX,
@@ -196,6 +194,13 @@ def handler_environment(
         "LEDGER_TABLE": ledger_table,
         "METRICS_NAMESPACE": METRICS_NAMESPACE,
     }
+
+
+def handler_environment(
+    handler: Handler, config: PipelineConfig, buckets: Mapping[BucketRole, str], ledger_table: str
+) -> dict[str, str]:
+    """The environment variables a handler runs with, given the real bucket and ledger table names."""
+    common = common_environment(buckets, ledger_table)
     if handler is Handler.TRANSCRIBE_TRIGGER:
         return common | {
             "TRANSCRIPT_BUCKET": buckets[BucketRole.TRANSCRIPTS],

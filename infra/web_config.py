@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.config import ConfigError, PipelineConfig, _float, _int, _str
-from infra.pipeline import ERROR_PREFIX, IMAGE_PREFIX, JOB_NAME_PREFIX, METRICS_NAMESPACE, BucketRole
+from infra.pipeline import BucketRole, common_environment
 
 # Every upload from the web page goes under this prefix of the input bucket, as `web/<sub>/<upload id>.<ext>`:
 # the API function's IAM is scoped to it (its results under the output prefixes, its ledger items by key).
@@ -106,14 +106,7 @@ def web_api_environment(
     The pipeline handlers' common block (lambdas/pipeline_common's settings base reads it), the media formats
     transcribe_trigger accepts, and the web limits.
     """
-    return {
-        "INPUT_BUCKET": buckets[BucketRole.INPUT],
-        "OUTPUT_BUCKET": buckets[BucketRole.OUTPUT],
-        "LEDGER_TABLE": ledger_table,
-        "IMAGE_PREFIX": IMAGE_PREFIX,
-        "ERROR_PREFIX": ERROR_PREFIX,
-        "JOB_NAME_PREFIX": JOB_NAME_PREFIX,
-        "METRICS_NAMESPACE": METRICS_NAMESPACE,
+    return common_environment(buckets, ledger_table) | {
         "WEB_UPLOAD_PREFIX": WEB_UPLOAD_PREFIX,
         "WEB_MAX_UPLOAD_BYTES": str(web.max_upload_bytes),
         "WEB_MAX_RECORDING_SECONDS": str(web.max_recording_seconds),
