@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline_common.aws_errors import error_code
+from pipeline_common.ledger_items import (
+    condition_values,
+    map_attr,
+    names_in,
+    number_attr,
+    placeholders,
+    string_attr,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +110,6 @@ class Claim:
     entry: Entry
 
 
-def _s(value: str) -> dict[str, str]:
-    return {"S": value}
-
-
-def _n(value: float) -> dict[str, str]:
-    return {"N": repr(float(value))}
-
-
 def _from_item(item: Mapping[str, Any]) -> Entry:
     def text(name: str) -> str | None:
         value = item.get(name)
@@ -141,10 +141,6 @@ def _from_item(item: Mapping[str, Any]) -> Entry:
     )
 
 
-def _map(values: Mapping[str, str]) -> dict[str, Any]:
-    return {"M": {name: _s(value) for name, value in values.items()}}
-
-
 class DynamoLedger:
     """The ledger in a DynamoDB table (InfraStack's `UploadLedger`), through a low-level client."""
 
@@ -155,7 +151,9 @@ class DynamoLedger:
 
     def get(self, key: str) -> Entry | None:
         """The key's entry, read consistently; None when the ledger has never seen the key."""
-        item = self.client.get_item(TableName=self.table, Key={PARTITION_KEY: _s(key)}, ConsistentRead=True).get("Item")
+        item = self.client.get_item(
+            TableName=self.table, Key={PARTITION_KEY: string_attr(key)}, ConsistentRead=True
+        ).get("Item")
         return _from_item(item) if item else None
 
     def get_many(self, keys: list[str]) -> dict[str, Entry]:
@@ -163,7 +161,9 @@ class DynamoLedger:
         found: dict[str, Entry] = {}
         for start in range(0, len(keys), 100):
             request: dict[str, Any] = {
-                self.table: {"Keys": [{PARTITION_KEY: _s(key)} for key in dict.fromkeys(keys[start : start + 100])]}
+                self.table: {
+                    "Keys": [{PARTITION_KEY: string_attr(key)} for key in dict.fromkeys(keys[start : start + 100])]
+                }
             }
             # DynamoDB may leave keys unprocessed under load; they come back to be asked for again.
             while request:
@@ -180,19 +180,19 @@ class DynamoLedger:
             entry = self._update(
                 upload.key,
                 sets={
-                    "upload_id": _s(upload.upload_id),
-                    "sequencer": _s(upload.sequencer),
-                    "stage": _s(RECEIVED),
-                    "received_at": _s(now),
-                    UPDATED_AT: _s(now),
-                    PENDING: _s(PENDING_VALUE),
-                    **({"etag": _s(upload.etag)} if upload.etag else {}),
+                    "upload_id": string_attr(upload.upload_id),
+                    "sequencer": string_attr(upload.sequencer),
+                    "stage": string_attr(RECEIVED),
+                    "received_at": string_attr(now),
+                    UPDATED_AT: string_attr(now),
+                    PENDING: string_attr(PENDING_VALUE),
+                    **({"etag": string_attr(upload.etag)} if upload.etag else {}),
                 },
                 # A new upload starts clean: its predecessor's job, result and leases are not its own. The
                 # writer lock stays: a writer of the predecessor may still be undoing its result.
                 removes=("job_name", "result", "internal_error", "lease_token", "lease_until"),
                 condition="attribute_not_exists(#upload_key) OR #sequencer < :c_sequencer",
-                values={":c_sequencer": _s(upload.sequencer)},
+                values={":c_sequencer": string_attr(upload.sequencer)},
             )
             return Claim("new", entry)
         except LedgerError as refused:
@@ -214,9 +214,13 @@ class DynamoLedger:
         """Move the upload from one of the `expect` stages to `to`; `LedgerError` when that no longer holds."""
         return self._update(
             key,
-            sets={"stage": _s(to), UPDATED_AT: _s(now), **({"job_name": _s(job_name)} if job_name else {})},
-            condition=f"#upload_id = :c_upload AND #stage IN ({_placeholders('expect', expect)})",
-            values={":c_upload": _s(upload_id), **_values("expect", expect)},
+            sets={
+                "stage": string_attr(to),
+                UPDATED_AT: string_attr(now),
+                **({"job_name": string_attr(job_name)} if job_name else {}),
+            },
+            condition=f"#upload_id = :c_upload AND #stage IN ({placeholders('expect', expect)})",
+            values={":c_upload": string_attr(upload_id), **condition_values("expect", expect)},
         )
 
     def begin_generation(
@@ -231,10 +235,10 @@ class DynamoLedger:
         return self._update(
             key,
             sets={
-                "stage": _s(stage),
-                "lease_token": _s(token),
-                "lease_until": _n(until),
-                UPDATED_AT: _s(now),
+                "stage": string_attr(stage),
+                "lease_token": string_attr(token),
+                "lease_until": number_attr(until),
+                UPDATED_AT: string_attr(now),
             },
             condition=(
                 "#upload_id = :c_upload AND (#stage IN (:c_received, :c_transcribing) OR "
@@ -242,12 +246,12 @@ class DynamoLedger:
                 "(attribute_not_exists(#lease_until) OR #lease_until < :c_clock)))"
             ),
             values={
-                ":c_upload": _s(upload_id),
-                ":c_received": _s(RECEIVED),
-                ":c_transcribing": _s(TRANSCRIBING),
-                ":c_generating": _s(GENERATING),
-                ":c_waiting": _s(WAITING),
-                ":c_clock": _n(clock),
+                ":c_upload": string_attr(upload_id),
+                ":c_received": string_attr(RECEIVED),
+                ":c_transcribing": string_attr(TRANSCRIBING),
+                ":c_generating": string_attr(GENERATING),
+                ":c_waiting": string_attr(WAITING),
+                ":c_clock": number_attr(clock),
             },
         )
 
@@ -256,10 +260,10 @@ class DynamoLedger:
         try:
             self._update(
                 key,
-                sets={"stage": _s(TRANSCRIBING)},
+                sets={"stage": string_attr(TRANSCRIBING)},
                 removes=("lease_token", "lease_until"),
                 condition="#upload_id = :c_upload AND #lease_token = :c_token",
-                values={":c_upload": _s(upload_id), ":c_token": _s(token)},
+                values={":c_upload": string_attr(upload_id), ":c_token": string_attr(token)},
             )
         except LedgerError:
             return False
@@ -284,17 +288,17 @@ class DynamoLedger:
             "(attribute_not_exists(#writer_token) OR #writer_until < :c_clock)"
         )
         values = {
-            ":c_upload": _s(upload_id),
-            ":c_done": _s(DONE),
-            ":c_failed": _s(FAILED),
-            ":c_clock": _n(clock),
+            ":c_upload": string_attr(upload_id),
+            ":c_done": string_attr(DONE),
+            ":c_failed": string_attr(FAILED),
+            ":c_clock": number_attr(clock),
         }
         if expect_updated_at is not None:
             condition += f" AND #{UPDATED_AT} = :c_updated"
-            values[":c_updated"] = _s(expect_updated_at)
+            values[":c_updated"] = string_attr(expect_updated_at)
         return self._update(
             key,
-            sets={"writer_token": _s(token), "writer_until": _n(until)},
+            sets={"writer_token": string_attr(token), "writer_until": number_attr(until)},
             condition=condition,
             values=values,
         )
@@ -305,20 +309,20 @@ class DynamoLedger:
             raise ValueError(f"a result's stage is one of {FINAL_STAGES}, not {stage!r}")
         return self._update(
             key,
-            sets={"stage": _s(stage), "result": _map(result), UPDATED_AT: _s(now)},
+            sets={"stage": string_attr(stage), "result": map_attr(result), UPDATED_AT: string_attr(now)},
             removes=("writer_token", "writer_until", PENDING, "lease_token", "lease_until", "internal_error"),
             condition="#upload_id = :c_upload AND #writer_token = :c_token",
-            values={":c_upload": _s(upload_id), ":c_token": _s(token)},
+            values={":c_upload": string_attr(upload_id), ":c_token": string_attr(token)},
         )
 
     def note_internal_error(self, key: str, upload_id: str, *, token: str, note: Mapping[str, str]) -> Entry:
         """Mark the current upload as having an `internal-error` record and unlock; its stage stays."""
         return self._update(
             key,
-            sets={"internal_error": _map(note)},
+            sets={"internal_error": map_attr(note)},
             removes=("writer_token", "writer_until"),
             condition="#upload_id = :c_upload AND #writer_token = :c_token",
-            values={":c_upload": _s(upload_id), ":c_token": _s(token)},
+            values={":c_upload": string_attr(upload_id), ":c_token": string_attr(token)},
         )
 
     def release_writer(self, key: str, *, token: str) -> bool:
@@ -329,7 +333,7 @@ class DynamoLedger:
                 sets={},
                 removes=("writer_token", "writer_until"),
                 condition="#writer_token = :c_token",
-                values={":c_token": _s(token)},
+                values={":c_token": string_attr(token)},
             )
         except LedgerError:
             return False
@@ -342,7 +346,7 @@ class DynamoLedger:
             "IndexName": index,
             "KeyConditionExpression": "#pending = :pending AND #updated_at < :cutoff",
             "ExpressionAttributeNames": {"#pending": PENDING, "#updated_at": UPDATED_AT},
-            "ExpressionAttributeValues": {":pending": _s(PENDING_VALUE), ":cutoff": _s(cutoff)},
+            "ExpressionAttributeValues": {":pending": string_attr(PENDING_VALUE), ":cutoff": string_attr(cutoff)},
         }
         while True:
             response = self.client.query(**arguments)
@@ -364,7 +368,7 @@ class DynamoLedger:
         """One conditional UpdateItem; `LedgerError` (with the item as it was) when the condition fails."""
         names = {f"#{name}": name for name in (*sets, *removes)}
         # Only names the expressions use: DynamoDB rejects unused ExpressionAttributeNames/Values.
-        names |= {f"#{name}": name for name in _names_in(condition)}
+        names |= {f"#{name}": name for name in names_in(condition)}
         expression = ""
         if sets:
             expression += "SET " + ", ".join(f"#{name} = :v_{index}" for index, name in enumerate(sets))
@@ -372,7 +376,7 @@ class DynamoLedger:
             expression += " REMOVE " + ", ".join(f"#{name}" for name in removes)
         arguments: dict[str, Any] = {
             "TableName": self.table,
-            "Key": {PARTITION_KEY: _s(key)},
+            "Key": {PARTITION_KEY: string_attr(key)},
             "UpdateExpression": expression.strip(),
             "ConditionExpression": condition,
             "ExpressionAttributeNames": names,
@@ -391,23 +395,3 @@ class DynamoLedger:
             entry = _from_item(item) if item else None
             raise LedgerError(f"ledger condition failed for {key!r}: {condition}", entry) from None
         return _from_item(response["Attributes"])
-
-
-def _placeholders(prefix: str, items: tuple[str, ...]) -> str:
-    return ", ".join(f":c_{prefix}_{index}" for index in range(len(items)))
-
-
-def _values(prefix: str, items: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    return {f":c_{prefix}_{index}": _s(item) for index, item in enumerate(items)}
-
-
-def _names_in(expression: str) -> list[str]:
-    """The attribute names an expression refers to as `#name`."""
-    names, index = [], 0
-    while (start := expression.find("#", index)) != -1:
-        end = start + 1
-        while end < len(expression) and (expression[end].isalnum() or expression[end] == "_"):
-            end += 1
-        names.append(expression[start + 1 : end])
-        index = end
-    return names
